@@ -1,0 +1,52 @@
+"""Canonical JSON: the exact bytes that are stored and hashed.
+
+Sorted keys, no insignificant whitespace, UTF-8, and only JSON's exact types: no floats
+(times travel as ISO-8601 strings, durations as integers), so the same payload always
+hashes to the same bytes.
+"""
+
+import json
+from typing import Any
+
+from events.errors import InvalidEventError
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def _check(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        raise InvalidEventError(f"{path}: floats are not allowed in event payloads (got {value!r})")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEventError(f"{path}: object keys must be strings (got {key!r})")
+            _check(item, f"{path}.{key}")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")
+        return
+    raise InvalidEventError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def _refuse_number(text: str) -> Any:
+    raise ValueError(text)
+
+
+def canonical_json(value: Any, *, what: str = "data", limit: int = MAX_PAYLOAD_BYTES) -> str:
+    """Encode `value` canonically, refusing floats, non-JSON values and oversized payloads."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        # Parsing back in C is the cheap way to find floats; the walk below names the culprit.
+        json.loads(text, parse_float=_refuse_number, parse_constant=_refuse_number)
+        if not isinstance(value, dict) or any(not isinstance(k, str) for k in value):
+            raise ValueError("not an object with string keys")
+    except (TypeError, ValueError):
+        _check(value, what)
+        raise InvalidEventError(f"{what}: not a JSON object of exact values") from None
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidEventError(f"{what}: payload is {size} bytes, the limit is {limit}")
+    return text

@@ -1,0 +1,73 @@
+"""The per-stream hash chain.
+
+hash = SHA-256(prev_hash || body_hash), body_hash = SHA-256(len||header || len||data || len||secret).
+The body hash is computed by the writer (it holds every byte of the event); the database chains it
+onto the stream's previous hash inside the append, so an append stays one round trip. Hashing the
+ciphertext, not the plaintext, keeps chains verifiable after an account's key is shredded.
+"""
+
+import hashlib
+import struct
+import uuid
+from datetime import datetime, timezone
+from json.encoder import encode_basestring as _text  # JSON string literal, C speed
+
+GENESIS_HASH = bytes(32)
+
+
+def format_instant(instant: datetime) -> str:
+    """Microsecond ISO-8601 UTC, the precision PostgreSQL's timestamptz keeps."""
+    if instant.tzinfo is None:
+        raise ValueError("instants must be timezone-aware")
+    return instant.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def header_bytes(
+    *,
+    event_id: uuid.UUID,
+    stream_id: str,
+    version: int,
+    type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    actor: str,
+    correlation_id: uuid.UUID | None,
+    causation_id: uuid.UUID | None,
+    key_id: str | None,
+) -> bytes:
+    # Every field is a str, int or None with fixed names, so a sorted template is canonical JSON.
+    return _HEADER_TEMPLATE.format(
+        actor=_text(actor),
+        causation_id=_text(str(causation_id)) if causation_id else "null",
+        correlation_id=_text(str(correlation_id)) if correlation_id else "null",
+        event_id=_text(str(event_id)),
+        key_id=_text(key_id) if key_id is not None else "null",
+        occurred_at=_text(format_instant(occurred_at)),
+        schema_version=int(schema_version),
+        stream_id=_text(stream_id),
+        type=_text(type),
+        version=int(version),
+    ).encode()
+
+
+_HEADER_TEMPLATE = (
+    '{{"actor":{actor},"causation_id":{causation_id},"correlation_id":{correlation_id},'
+    '"event_id":{event_id},"key_id":{key_id},"occurred_at":{occurred_at},'
+    '"schema_version":{schema_version},"stream_id":{stream_id},"type":{type},"version":{version}}}'
+)
+
+
+def _framed(part: bytes) -> bytes:
+    return struct.pack(">Q", len(part)) + part
+
+
+def body_hash(header: bytes, data: str, secret: bytes | None) -> bytes:
+    digest = hashlib.sha256()
+    digest.update(_framed(header))
+    digest.update(_framed(data.encode()))
+    digest.update(_framed(secret or b""))
+    return digest.digest()
+
+
+def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
+    return hashlib.sha256(prev_hash + body).digest()

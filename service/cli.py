@@ -1,0 +1,248 @@
+"""The `linkledger` command."""
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from service.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("linkledger")
+
+
+class CliError(Exception):
+    """Stops the command with a one-line message and exit status 2."""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+async def _migrate(database_url: str) -> list[str]:
+    from events.database import migrate
+    from service.db import all_migrations
+
+    return await migrate(database_url, all_migrations())
+
+
+async def _serve(settings: Settings, *, banner=None) -> None:
+    """Run the gateway and workers until SIGINT/SIGTERM."""
+    from aiohttp import web
+
+    from service.gateway.app import create_app
+
+    applied = await _migrate(settings.database_url)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    port = runner.addresses[0][1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if banner:
+        banner(f"http://{settings.http_host}:{port}")
+    else:
+        log.info("linkledger listening on http://%s:%s", settings.http_host, port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(require=("database_url", "nats_url"))
+    _setup_logging(settings.log_level)
+    asyncio.run(_serve(settings))
+    return 0
+
+
+def _dev_signing_key(data_dir: Path | None) -> str:
+    """A ledger signing key for the dev stack, kept with its data when there is a data dir."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    path = data_dir / "ledger-signing-key" if data_dir else None
+    if path and path.exists():
+        return path.read_text().strip()
+    seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    key = base64.urlsafe_b64encode(seed).decode().rstrip("=")
+    if path:
+        path.write_text(key)
+        path.chmod(0o600)
+    return key
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    base = load_settings()
+    _setup_logging(base.log_level)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    if data_dir:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    stack = None
+    if not (base.database_url and base.nats_url):
+        from scripts.devstack import EmbeddedStack
+
+        print("starting embedded PostgreSQL and NATS (JetStream)...", flush=True)
+        stack = EmbeddedStack(data_dir / "services" if data_dir else None, keep_data=data_dir is not None).start()
+    try:
+        settings = load_settings(
+            database_url=base.database_url or stack.database_url,
+            nats_url=base.nats_url or stack.nats_url,
+            http_port=args.port if args.port is not None else base.http_port,
+            ledger_signing_key=base.ledger_signing_key or _dev_signing_key(data_dir),
+            digest_interval_seconds=base.digest_interval_seconds,
+        )
+
+        def banner(url: str) -> None:
+            print(f"linkledger dev is up\n  gateway:    {url}  (try {url}/readyz)\n"
+                  f"  postgres:   {settings.database_url}\n  nats:       {settings.nats_url}\n"
+                  f"  data:       {data_dir or 'temporary (use --data-dir to keep it)'}\n"
+                  "Ctrl-C stops everything.", flush=True)
+
+        asyncio.run(_serve(settings, banner=banner))
+    finally:
+        if stack:
+            stack.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(require=("database_url",))
+    applied = asyncio.run(_migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "; up to date"))
+    return 0
+
+
+def _trusted_public_key(settings: Settings):
+    from events.integrity import load_public_key, load_signing_key
+
+    if settings.ledger_public_key:
+        return load_public_key(settings.ledger_public_key)
+    if settings.ledger_signing_key:
+        return load_signing_key(settings.ledger_signing_key).public_key()
+    return None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from events.integrity import verify_log
+
+    settings = load_settings(require=("database_url",))
+    key = _trusted_public_key(settings)
+
+    async def run():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await verify_log(conn, key)
+        finally:
+            await conn.close()
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        if key is None:
+            print("warning: no LINKLEDGER_LEDGER_PUBLIC_KEY or LINKLEDGER_LEDGER_SIGNING_KEY; digests were checked "
+                  "against the keys they carry, which proves nothing about who signed them", file=sys.stderr)
+        if report.ok:
+            print(f"verify: ok: {report.events} events in {report.streams} streams, {report.digests} digest(s)")
+        else:
+            print(f"verify: FAILED at {report.problems[0]}")
+            for problem in report.problems[1:]:
+                print(f"  also: {problem}")
+    return 0 if report.ok else 1
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from events.integrity import create_digest, load_signing_key
+
+    settings = load_settings(require=("database_url", "ledger_signing_key"))
+
+    async def run():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            digest = await create_digest(conn, load_signing_key(settings.ledger_signing_key))
+        finally:
+            await conn.close()
+        if settings.nats_url:
+            import nats
+
+            from events.publish import publish_digest
+
+            nc = await nats.connect(settings.nats_url, connect_timeout=3, max_reconnect_attempts=0)
+            try:
+                await publish_digest(nc, digest)
+            finally:
+                await nc.close()
+        return digest
+
+    digest = asyncio.run(run())
+    print(json.dumps(digest.as_dict()))
+    return 0
+
+
+BENCHMARKS = ("append",)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    # Benchmarks live with the other dev tools in scripts/; the CLI only dispatches to them.
+    module = importlib.import_module(f"scripts.bench.{args.name}")
+    module.main(args.rest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linkledger", description="Event-sourced custody of OAuth linked accounts.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and NATS, gateway, workers")
+    dev.add_argument("--port", type=int, default=None, help="gateway port (default LINKLEDGER_HTTP_PORT or 8080; 0 = any)")
+    dev.add_argument("--data-dir", help="keep the embedded databases here across runs")
+    dev.set_defaults(func=cmd_dev)
+
+    sub.add_parser("serve", help="run the gateway and workers against LINKLEDGER_DATABASE_URL/NATS_URL").set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    verify = sub.add_parser("verify", help="recompute every hash chain and check the signed digests")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_verify)
+
+    sub.add_parser("digest", help="sign a ledger digest of every stream's head now").set_defaults(func=cmd_digest)
+
+    bench = sub.add_parser("bench", help="run a benchmark; the last line printed is one JSON object")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except (ConfigError, CliError) as exc:
+        print(f"linkledger: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""The database as the service sees it: every migration of every package, in order."""
+
+from events.migrate import Migration, load_migrations
+
+MIGRATION_SOURCES = [
+    ("events", "events.migrations"),
+]
+
+
+def all_migrations() -> list[Migration]:
+    return load_migrations(MIGRATION_SOURCES)

@@ -1,0 +1,80 @@
+"""Settings, read from LINKLEDGER_* environment variables and validated at start-up."""
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LINKLEDGER_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str | None = Field(None, description="PostgreSQL URL, e.g. postgresql://user@host:5432/linkledger")
+    nats_url: str | None = Field(None, description="NATS URL with JetStream, e.g. nats://host:4222")
+    database_role: str = Field("linkledger_app", description="role the service acts as (may not change events); empty to disable")
+    http_host: str = Field("127.0.0.1", description="address the gateway listens on")
+    http_port: int = Field(8080, ge=0, le=65535, description="port the gateway listens on (0: any free port)")
+    ledger_signing_key: str | None = Field(None, description="base64 Ed25519 seed (32 bytes) that signs ledger digests")
+    ledger_public_key: str | None = Field(None, description="base64 Ed25519 public key verify trusts (default: the signing key's)")
+    digest_interval_seconds: int = Field(900, ge=0, description="how often the service signs a ledger digest (0: never)")
+    pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str | None) -> str | None:
+        if value is not None and not all(part.strip().startswith(("nats://", "tls://")) for part in value.split(",")):
+            raise ValueError("must be nats://host:port (comma-separated for a cluster)")
+        return value
+
+    @field_validator("ledger_signing_key")
+    @classmethod
+    def _signing_key(cls, value: str | None) -> str | None:
+        if value:
+            from events.integrity import load_signing_key
+
+            load_signing_key(value)
+        return value or None
+
+    @field_validator("ledger_public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        if value:
+            from events.integrity import load_public_key
+
+            load_public_key(value)
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+
+def load_settings(*, require: tuple[str, ...] = (), **overrides) -> Settings:
+    """Read the environment (overrides win); raise ConfigError naming the first bad setting."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {message}") from None
+    for name in require:
+        if getattr(settings, name) in (None, ""):
+            field = Settings.model_fields[name]
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set ({field.description})")
+    return settings
