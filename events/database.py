@@ -31,3 +31,11 @@ async def migrate(dsn: str, migrations: list[Migration]) -> list[str]:
         return await apply_migrations(conn, migrations)
     finally:
         await conn.close()
+
+
+def database_url_for(dsn: str, database: str) -> str:
+    """The same server URL, pointing at another database."""
+    base, _, query = dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")

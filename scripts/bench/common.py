@@ -12,7 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import asyncpg
 
 from service.db import all_migrations
-from events.database import migrate
+from events.database import database_url_for, migrate
 
 
 @contextlib.contextmanager
@@ -29,12 +29,6 @@ def servers():
         yield db or stack.database_url, nats or stack.nats_url
 
 
-def _with_database(dsn: str, name: str) -> str:
-    base, _, query = dsn.partition("?")
-    base = base.rsplit("/", 1)[0]
-    return f"{base}/{name}" + (f"?{query}" if query else "")
-
-
 @contextlib.asynccontextmanager
 async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
     """A fresh, migrated database that is dropped afterwards."""
@@ -42,7 +36,7 @@ async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = _with_database(server_dsn, name)
+        dsn = database_url_for(server_dsn, name)
         await migrate(dsn, all_migrations())
         yield dsn
     finally:
