@@ -3,7 +3,6 @@
 import asyncio
 import logging
 
-import nats
 from aiohttp import web
 
 from events.database import create_pool
@@ -11,6 +10,7 @@ from events.store import PostgresEventStore
 from service.gateway import routes_health
 from service.gateway.errors import problem_middleware
 from service.gateway.keys import EVENT_STORE, NATS, POOL, SETTINGS
+from service.natslink import NatsLink
 from service.settings import Settings
 from service.workers.digest import run_digest_worker
 
@@ -27,18 +27,11 @@ async def _postgres(app: web.Application):
 
 
 async def _nats(app: web.Application):
-    async def disconnected():
-        log.warning("NATS disconnected; appends go on, publication catches up on reconnect")
-
-    # Start even when NATS is down: appends never wait for it, /readyz reports it.
-    nc = await nats.connect(
-        app[SETTINGS].nats_url, name="linkledger", max_reconnect_attempts=-1, reconnect_time_wait=1,
-        disconnected_cb=disconnected, allow_reconnect=True, connect_timeout=3,
-        retry_on_failed_connect=True,
-    )
-    app[NATS] = nc
+    link = NatsLink(app[SETTINGS].nats_url)
+    await link.start()
+    app[NATS] = link
     yield
-    await nc.drain() if nc.is_connected else await nc.close()
+    await link.close()
 
 
 async def _digest_worker(app: web.Application):

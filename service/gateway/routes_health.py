@@ -24,11 +24,11 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"unavailable: {type(exc).__name__}"
     try:
-        nc = request.app[NATS]
-        if not nc.is_connected:
+        link = request.app[NATS]
+        if not link.is_connected:
             raise ConnectionError("not connected")
         async with asyncio.timeout(2):
-            await nc.jetstream().account_info()
+            await link.client.jetstream().account_info()
     except Exception as exc:
         checks["nats"] = f"unavailable: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
