@@ -14,7 +14,14 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 def _check(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    """Name the first place JSON cannot hold exactly."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidEventError(f"{path}: string is not valid Unicode (lone surrogate)") from None
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         raise InvalidEventError(f"{path}: floats are not allowed in event payloads (got {value!r})")
@@ -22,13 +29,14 @@ def _check(value: Any, path: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEventError(f"{path}: object keys must be strings (got {key!r})")
+            _check(key, f"{path} key")
             _check(item, f"{path}.{key}")
         return
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         for index, item in enumerate(value):
             _check(item, f"{path}[{index}]")
         return
-    raise InvalidEventError(f"{path}: {type(value).__name__} is not a JSON value")
+    raise InvalidEventError(f"{path}: {type(value).__name__} is not a JSON value" + (" (use a list)" if isinstance(value, tuple) else ""))
 
 
 def _refuse_number(text: str) -> Any:
@@ -38,15 +46,18 @@ def _refuse_number(text: str) -> Any:
 def canonical_json(value: Any, *, what: str = "data", limit: int = MAX_PAYLOAD_BYTES) -> str:
     """Encode `value` canonically, refusing floats, non-JSON values and oversized payloads."""
     try:
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        # Parsing back in C is the cheap way to find floats; the walk below names the culprit.
-        json.loads(text, parse_float=_refuse_number, parse_constant=_refuse_number)
-        if not isinstance(value, dict) or any(not isinstance(k, str) for k in value):
-            raise ValueError("not an object with string keys")
-    except (TypeError, ValueError):
+        encoded = text.encode()
+        # Parsing back in C is the cheap way to find what JSON cannot hold exactly: floats refuse to
+        # parse, and keys json.dumps coerced to strings or tuples turned lists make the copy differ.
+        if json.loads(text, parse_float=_refuse_number, parse_constant=_refuse_number) != value:
+            raise ValueError("changed by encoding")
+    except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) is a ValueError
         _check(value, what)
-        raise InvalidEventError(f"{what}: not a JSON object of exact values") from None
-    size = len(text.encode())
+        raise InvalidEventError(f"{what}: not a JSON object of exact values (lone surrogate or non-JSON type)") from None
+    size = len(encoded)
     if size > limit:
         raise InvalidEventError(f"{what}: payload is {size} bytes, the limit is {limit}")
     return text

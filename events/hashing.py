@@ -65,7 +65,8 @@ def body_hash(header: bytes, data: str, secret: bytes | None) -> bytes:
     digest = hashlib.sha256()
     digest.update(_framed(header))
     digest.update(_framed(data.encode()))
-    digest.update(_framed(secret or b""))
+    # A flag byte keeps "no secret" and "an empty secret" apart.
+    digest.update(b"\x00" if secret is None else b"\x01" + _framed(secret))
     return digest.digest()
 
 

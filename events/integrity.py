@@ -156,10 +156,27 @@ async def list_digests(conn: asyncpg.Connection, limit: int = 100, before: int |
     ]
 
 
+def _parse_digest_body(body: str) -> dict[str, tuple[int, str]] | None:
+    """The signed heads of a digest body, or None when the body is not a digest."""
+    try:
+        parsed = json.loads(body)
+        streams = parsed["streams"]
+        heads = {}
+        for stream_id, (version, hash_hex) in streams.items():
+            if not isinstance(version, int) or not isinstance(hash_hex, str) or len(bytes.fromhex(hash_hex)) != 32:
+                return None
+            heads[stream_id] = (version, hash_hex)
+        if not isinstance(parsed.get("prev_hash"), str):
+            return None
+        return heads
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 async def _check_digests(
     conn: asyncpg.Connection, public_key: Ed25519PublicKey | None, report: VerifyReport
 ) -> dict[str, tuple[int, str]]:
-    """Check every digest's signature and the chain between them; return the latest one's heads."""
+    """Check every digest's signature and the chain between them; return the latest good one's heads."""
     expected_prev = GENESIS_HASH
     latest: dict[str, tuple[int, str]] = {}
     trusted = public_bytes(public_key) if public_key else None
@@ -169,19 +186,24 @@ async def _check_digests(
         where = f"digest {row['digest_id']}"
         body = row["body"]
         digest_hash = hashlib.sha256(body.encode()).digest()
+        heads = _parse_digest_body(body)
+        if heads is None:
+            report.problems.append(Problem(where, "body is not a valid digest"))
         if digest_hash != bytes(row["body_hash"]):
             report.problems.append(Problem(where, "body does not match its stored hash"))
-        if bytes(row["prev_hash"]) != expected_prev or json.loads(body).get("prev_hash") != expected_prev.hex():
+        body_prev = json.loads(body).get("prev_hash") if heads is not None else None
+        if bytes(row["prev_hash"]) != expected_prev or (heads is not None and body_prev != expected_prev.hex()):
             report.problems.append(Problem(where, "does not chain to the previous digest (a digest was removed or altered)"))
         signer = bytes(row["public_key"])
         if trusted is not None and signer != trusted:
             report.problems.append(Problem(where, "signed by a key other than the configured ledger key"))
         try:
             Ed25519PublicKey.from_public_bytes(trusted or signer).verify(bytes(row["signature"]), digest_hash)
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):
             report.problems.append(Problem(where, "signature does not verify"))
         expected_prev = digest_hash
-        latest = {s: (v[0], v[1]) for s, v in json.loads(body)["streams"].items()}
+        if heads is not None:
+            latest = heads
     return latest
 
 

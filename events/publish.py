@@ -32,5 +32,5 @@ async def publish_digest(nc: nats.aio.client.Client, digest: Digest, subject: st
     """Digests leave the database, so deleting one there is caught by whoever kept the copy."""
     await ensure_stream(nc)
     await nc.jetstream().publish(
-        subject, json.dumps(digest.as_dict()).encode(), headers={"Nats-Msg-Id": f"digest-{digest.digest_id}"}, timeout=5
+        subject, json.dumps(digest.as_dict()).encode(), headers={"Nats-Msg-Id": f"digest-{digest.body_hash.hex()}"}, timeout=5
     )

@@ -84,50 +84,141 @@ def record_from_row(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
-# Single-event appends in their own transaction (the hot path: refreshes, status changes) run as
-# one statement: the head row is moved first (its old last_hash kept as prev_hash, since SET reads
-# the old row), then the event inserted, with the same checks as ll_append: the expected version
-# and the fence on the previous writer's transaction id. When they return no row, ll_append is
-# asked instead, and it says why (or finds the batch stored).
-_APPEND_NEXT = """
-WITH moved AS (
-  UPDATE stream_heads
-     SET version = version + 1, prev_hash = last_hash, last_hash = sha256(last_hash || $13::bytea),
-         last_tx = pg_current_xact_id(), snapshot = coalesce($14::jsonb, snapshot),
-         snapshot_version = CASE WHEN $14::jsonb IS NULL THEN snapshot_version ELSE version + 1 END,
+# Group commit. Single-event appends outside a caller's transaction (the hot path: refreshes,
+# status changes, imports) from concurrent callers are sent together: one statement, one
+# transaction, one commit for many streams. Each head row is locked in stream order, moved only if
+# it is at the caller's expected version and was last written by an older transaction (the fence
+# of invariant 2, per stream), and its old last_hash kept as prev_hash (SET reads the old row).
+# New streams get their head row inserted. An item that returns no row falls back to ll_append on
+# its own, which says why (or finds it stored already).
+_APPEND_BATCH = """
+WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::text[], $5::int2[], $6::text[], $7::bytea[],
+                       $8::text[], $9::timestamptz[], $10::text[], $11::uuid[], $12::uuid[], $13::bytea[],
+                       $14::text[])
+    AS i(stream_id, expected, event_id, type, schema_version, data, secret, key_id, occurred_at, actor,
+         correlation_id, causation_id, body_hash, snapshot)
+), locked AS (
+  SELECT h.stream_id FROM stream_heads h WHERE h.stream_id = ANY ($1::text[]) ORDER BY h.stream_id FOR UPDATE
+), moved AS (
+  UPDATE stream_heads h
+     SET version = h.version + 1, prev_hash = h.last_hash, last_hash = sha256(h.last_hash || i.body_hash),
+         last_tx = pg_current_xact_id(), snapshot = coalesce(i.snapshot::jsonb, h.snapshot),
+         snapshot_version = CASE WHEN i.snapshot IS NULL THEN h.snapshot_version ELSE h.version + 1 END,
          updated_at = now()
-   WHERE stream_id = $1 AND version = $2 AND last_tx < pg_current_xact_id()
-  RETURNING prev_hash, last_hash AS hash, version
+    FROM input i JOIN locked l ON l.stream_id = i.stream_id
+   WHERE h.stream_id = i.stream_id AND i.expected > 0 AND h.version = i.expected
+     AND h.last_tx < pg_current_xact_id()
+  RETURNING h.stream_id, h.prev_hash, h.last_hash, h.version
+), created AS (
+  INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
+  SELECT i.stream_id, 1, $15::bytea, sha256($15::bytea || i.body_hash), pg_current_xact_id(), i.snapshot::jsonb,
+         CASE WHEN i.snapshot IS NULL THEN NULL ELSE 1 END
+    FROM input i WHERE i.expected = 0
+  ON CONFLICT (stream_id) DO NOTHING
+  RETURNING stream_id, prev_hash, last_hash, version
+), placed AS (
+  SELECT * FROM moved UNION ALL SELECT * FROM created
 )
 INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
                     occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
-SELECT $3, $1, moved.version, $4, $5, $6, $7, $8, $9, $10, $11, $12, moved.prev_hash, moved.hash FROM moved
-RETURNING position, version, hash
+SELECT i.event_id, i.stream_id, p.version, i.type, i.schema_version, i.data, i.secret, i.key_id,
+       i.occurred_at, i.actor, i.correlation_id, i.causation_id, p.prev_hash, p.last_hash
+  FROM placed p JOIN input i ON i.stream_id = p.stream_id
+RETURNING stream_id, position, version, hash
 """
 
-_APPEND_FIRST = """
-WITH head AS (
-  INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
-  VALUES ($1, $2 + 1, $15::bytea, sha256($15::bytea || $13::bytea), pg_current_xact_id(), $14::jsonb,
-          CASE WHEN $14::jsonb IS NULL THEN NULL ELSE 1 END)
-  ON CONFLICT (stream_id) DO NOTHING
-  RETURNING last_hash AS hash
-)
-INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
-                    occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
-SELECT $3, $1, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15::bytea, head.hash FROM head
-RETURNING position, version, hash
-"""
+
+@dataclass
+class _Pending:
+    stream_id: str
+    expected_version: int
+    row: tuple
+    snapshot_json: str | None
+    done: asyncio.Future
+
+
+class _GroupCommit:
+    """Sends queued single-event appends in batches, at most `max_in_flight` at a time.
+
+    A lone append is sent at once; appends arriving while batches are in flight wait for the next
+    one, so batching costs no latency at low load and saves commits and round trips at high load.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_in_flight: int = 4, max_batch: int = 256):
+        self._pool = pool
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._in_flight = 0
+
+    async def submit(self, stream_id: str, expected_version: int, row: tuple, snapshot_json: str | None):
+        """Results for the one event, or None when the batch could not place it."""
+        item = _Pending(stream_id, expected_version, row, snapshot_json, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            asyncio.create_task(self._drain())
+        return await item.done
+
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch items, one per stream (a second one for a stream waits: it needs the first's version)."""
+        batch, streams, rest = [], set(), []
+        for item in self._queue:
+            if len(batch) < self._max_batch and item.stream_id not in streams:
+                streams.add(item.stream_id)
+                batch.append(item)
+            else:
+                rest.append(item)
+        self._queue = rest
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._send(self._take())
+        finally:
+            self._in_flight -= 1
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        columns = [[item.stream_id for item in batch], [item.expected_version for item in batch]]
+        columns.extend(list(column) for column in zip(*(item.row for item in batch)))
+        columns.append([item.snapshot_json for item in batch])
+        try:
+            rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
+            rows = []  # each item retries alone and meets its own error there
+        except BaseException as exc:
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            raise
+        placed = {r["stream_id"]: AppendResult(r["position"], r["version"], bytes(r["hash"])) for r in rows}
+        for item in batch:
+            if not item.done.done():
+                result = placed.get(item.stream_id)
+                item.done.set_result([result] if result else None)
+
+
+def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not 1 <= len(value) <= limit:
+        raise InvalidEventError(f"{name} must be a string of 1 to {limit} characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidEventError(f"{name} is not valid Unicode (lone surrogate)") from None
 
 
 def _validate_stream_id(stream_id: str) -> None:
-    if not isinstance(stream_id, str) or not 1 <= len(stream_id) <= 200:
-        raise InvalidEventError("stream_id must be a string of 1 to 200 characters")
+    _validate_text("stream_id", stream_id)
 
 
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        self._group_commit = _GroupCommit(pool)
 
     async def append(
         self,
@@ -145,7 +236,7 @@ class PostgresEventStore:
         rows = self._prepare(stream_id, events, expected_version)
         snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
         if conn is None and len(rows) == 1:
-            stored = await self._append_one(stream_id, expected_version, rows[0], snapshot_json)
+            stored = await self._group_commit.submit(stream_id, expected_version, rows[0], snapshot_json)
             if stored:
                 return stored
         args = (stream_id, expected_version, *(list(column) for column in zip(*rows)), snapshot_json)
@@ -169,8 +260,9 @@ class PostgresEventStore:
             raise InvalidEventError("expected_version must be an integer >= 0")
         rows = []
         for version, event in enumerate(events, start=expected_version + 1):
-            if not event.type or len(event.type) > 200:
-                raise InvalidEventError("event type must be a string of 1 to 200 characters")
+            _validate_text("event type", event.type)
+            _validate_text(f"{event.type}: actor", event.actor)
+            _validate_text(f"{event.type}: key_id", event.key_id, required=False)
             if event.occurred_at.tzinfo is None:
                 raise InvalidEventError(f"{event.type}: occurred_at must be timezone-aware")
             if event.secret is not None and len(event.secret) > MAX_PAYLOAD_BYTES:
@@ -196,19 +288,6 @@ class PostgresEventStore:
         if len(rows) > 1 and len({row[0] for row in rows}) != len(rows):
             raise InvalidEventError("event ids within one append must be distinct")
         return rows
-
-    async def _append_one(
-        self, stream_id: str, expected_version: int, row: tuple, snapshot_json: str | None
-    ) -> list[AppendResult]:
-        statement = _APPEND_FIRST if expected_version == 0 else _APPEND_NEXT
-        extra = (GENESIS_HASH,) if expected_version == 0 else ()
-        try:
-            rows = await self._pool.fetch(statement, stream_id, expected_version, *row, snapshot_json, *extra)
-        except asyncpg.UniqueViolationError:
-            return []  # ll_append will tell which id clashes
-        except asyncpg.CheckViolationError as exc:
-            raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
-        return [AppendResult(r["position"], r["version"], bytes(r["hash"])) for r in rows]
 
     @staticmethod
     async def _call_append(

@@ -239,6 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, CliError) as exc:
         print(f"linkledger: {exc}", file=sys.stderr)
         code = 2
+    except (OSError, asyncio.TimeoutError) as exc:
+        print(f"linkledger: cannot reach a service: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 2
+    except Exception as exc:
+        import asyncpg
+
+        if not isinstance(exc, asyncpg.PostgresError):
+            raise
+        print(f"linkledger: PostgreSQL refused: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -57,7 +57,7 @@ async def _store_round(store: PostgresEventStore, seconds: float, workers: int, 
     return await run_for(seconds, workers, step)
 
 
-async def run(seconds: float = 8.0, workers: int = 16, streams: int = 4000, rounds: int = 2) -> str:
+async def run(seconds: float = 5.0, workers: int = 16, streams: int = 4000, rounds: int = 4) -> str:
     with servers() as (server_dsn, _nats):
         async with scratch_database(server_dsn) as dsn:
             pool = await create_pool(dsn, min_size=workers, max_size=workers)
