@@ -274,11 +274,11 @@ def test_body_hash_is_sha256_of_length_framed_parts_as_documented():
     assert body_hash(HEADER, DATA, SECRET) == expected
     without = hashlib.sha256(_framed(HEADER) + _framed(DATA.encode()) + b"\x00").digest()
     assert body_hash(HEADER, DATA, None) == without
+    assert len(expected) == 32
 
 
 def test_no_secret_and_an_empty_secret_hash_differently():
     assert body_hash(HEADER, DATA, None) != body_hash(HEADER, DATA, b"")
-    assert len(expected) == 32
 
 
 def test_chain_hash_is_sha256_of_previous_hash_and_body():
