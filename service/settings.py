@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     ledger_signing_key: str | None = Field(None, description="base64 Ed25519 seed (32 bytes) that signs ledger digests")
     ledger_public_key: str | None = Field(None, description="base64 Ed25519 public key verify trusts (default: the signing key's)")
     digest_interval_seconds: int = Field(900, ge=0, description="how often the service signs a ledger digest (0: never)")
+    keyring: str | None = Field(None, description='key-encryption keys as JSON: {"primary": id, "keys": {id: base64 32 bytes}}')
+    keyring_file: str | None = Field(None, description="path of a file holding the keyring JSON (instead of LINKLEDGER_KEYRING)")
+    audit_key: str | None = Field(None, description="base64 32-byte HMAC key for token fingerprints (stable across key rotations)")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

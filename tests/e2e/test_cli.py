@@ -1,5 +1,6 @@
 """The `linkledger` command as a user runs it: as a separate process, from a shell environment."""
 
+import sys
 import asyncio
 import os
 import re
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LINKLEDGER = ROOT / ".venv" / "bin" / "linkledger"
+LINKLEDGER = Path(sys.executable).parent / "linkledger"  # the console script of the running environment
 
 
 def _env(**linkledger_vars: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ attacker with the database owner's rights would: as superuser, with triggers ski
 (session_replication_role = replica).
 """
 
+import sys
 import asyncio
 import base64
 import json
@@ -24,7 +25,7 @@ from events.hashing import GENESIS_HASH, body_hash, chain_hash, header_bytes
 from events.integrity import create_digest, load_signing_key, verify_log
 
 ROOT = Path(__file__).resolve().parents[2]
-LINKLEDGER = ROOT / ".venv" / "bin" / "linkledger"
+LINKLEDGER = Path(sys.executable).parent / "linkledger"  # the console script of the running environment
 
 
 def new_key_b64() -> str:
