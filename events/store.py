@@ -16,7 +16,7 @@ from events.errors import (
     InvalidEventError,
     RetryableAppendError,
 )
-from events.hashing import GENESIS_HASH, body_hash, header_bytes
+from events.hashing import GENESIS_HASH, body_hash, chain_hash, header_bytes
 
 # A stream's transaction ids must grow with its versions; in the rare race where this
 # transaction got its id before the previous writer, a fresh transaction fixes it.
@@ -200,6 +200,33 @@ class _GroupCommit:
                 item.done.set_result([result] if result else None)
 
 
+# Bulk creation of new streams (imports): a new stream's chain starts at the genesis hash, so the
+# writer computes every hash itself and thousands of streams go in one statement. A stream that
+# exists already is skipped (ON CONFLICT) and reported back, to be appended to the ordinary way.
+_CREATE_STREAMS = """
+WITH heads AS (
+  INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
+  SELECT h.stream_id, h.version, h.prev_hash, h.last_hash, pg_current_xact_id(), h.snapshot::jsonb,
+         CASE WHEN h.snapshot IS NULL THEN NULL ELSE h.version END
+    FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bytea[], $5::text[])
+      AS h(stream_id, version, prev_hash, last_hash, snapshot)
+  ON CONFLICT (stream_id) DO NOTHING
+  RETURNING stream_id
+)
+INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
+                    occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
+SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.secret, e.key_id,
+       e.occurred_at, e.actor, e.correlation_id, e.causation_id, e.prev_hash, e.hash
+  FROM unnest($6::uuid[], $7::text[], $8::int[], $9::text[], $10::int2[], $11::text[], $12::bytea[],
+              $13::text[], $14::timestamptz[], $15::text[], $16::uuid[], $17::uuid[], $18::bytea[], $19::bytea[])
+    AS e(event_id, stream_id, version, type, schema_version, data, secret, key_id, occurred_at, actor,
+         correlation_id, causation_id, prev_hash, hash)
+  JOIN heads USING (stream_id)
+ ORDER BY e.stream_id, e.version
+RETURNING stream_id, position, version, hash
+"""
+
+
 def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200) -> None:
     if value is None and not required:
         return
@@ -249,6 +276,42 @@ class PostgresEventStore:
             except RetryableAppendError:
                 await asyncio.sleep(0.001 * (attempt + 1))
         raise EventStoreError(f"could not order the append to {stream_id!r} after {_ORDER_RETRIES} attempts")
+
+    async def create_streams(
+        self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | None]]
+    ) -> dict[str, list[AppendResult] | None]:
+        """Create many new streams at once, each with its events and head snapshot, in one
+        transaction. Returns each stream's results, or None for a stream that already existed
+        (nothing of it was written)."""
+        if len({stream_id for stream_id, _, _ in streams}) != len(streams):
+            raise InvalidEventError("each stream may appear once in create_streams")
+        heads: list[list[Any]] = [[], [], [], [], []]
+        events: list[list[Any]] = [[] for _ in range(14)]
+        for stream_id, stream_events, snapshot in streams:
+            rows = self._prepare(stream_id, stream_events, 0)
+            prev = GENESIS_HASH
+            for version, row in enumerate(rows, start=1):
+                event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause, body = row
+                current = chain_hash(prev, body)
+                for column, value in zip(events, (event_id, stream_id, version, type_, schema_version, data, secret,
+                                                  key_id, occurred_at, actor, corr, cause, prev, current)):
+                    column.append(value)
+                last_prev, prev = prev, current
+            for column, value in zip(heads, (stream_id, len(rows), last_prev, prev,
+                                             json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None)):
+                column.append(value)
+        try:
+            rows = await self._pool.fetch(_CREATE_STREAMS, *heads, *events)
+        except asyncpg.UniqueViolationError as exc:
+            raise InvalidEventError("an event id in this batch is already used by another event") from exc
+        except asyncpg.CheckViolationError as exc:
+            raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
+        created: dict[str, list[AppendResult] | None] = {stream_id: None for stream_id, _, _ in streams}
+        for row in rows:
+            results = created[row["stream_id"]] or []
+            results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))
+            created[row["stream_id"]] = results
+        return created
 
     @staticmethod
     def _prepare(stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[tuple]:
