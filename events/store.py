@@ -151,6 +151,7 @@ class _GroupCommit:
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._in_flight = 0
+        self._sending = 0
 
     async def submit(self, stream_id: str, expected_version: int, row: tuple, snapshot_json: str | None):
         """Results for the one event, or None when the batch could not place it."""
@@ -162,10 +163,14 @@ class _GroupCommit:
         return await item.done
 
     def _take(self) -> list[_Pending]:
-        """Up to max_batch items, one per stream (a second one for a stream waits: it needs the first's version)."""
+        """This drainer's share of the queue, one item per stream (a second one for a stream waits:
+        it needs the first's version). Shares are even across idle drainers, so the batches run on
+        several connections at once instead of one long batch on one."""
+        idle = max(1, self._in_flight - self._sending)
+        share = min(self._max_batch, -(-len(self._queue) // idle))
         batch, streams, rest = [], set(), []
         for item in self._queue:
-            if len(batch) < self._max_batch and item.stream_id not in streams:
+            if len(batch) < share and item.stream_id not in streams:
                 streams.add(item.stream_id)
                 batch.append(item)
             else:
@@ -176,7 +181,12 @@ class _GroupCommit:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                await self._send(self._take())
+                batch = self._take()
+                self._sending += 1
+                try:
+                    await self._send(batch)
+                finally:
+                    self._sending -= 1
         finally:
             self._in_flight -= 1
 

@@ -1,0 +1,19 @@
+"""Environment events: stream `environment-<env>`."""
+
+from typing import ClassVar
+
+from events.catalog.base import Event, JsonObject
+
+
+class EnvironmentEvent(Event):
+    family: ClassVar[str] = "environment"
+
+
+class EnvironmentOverrideChanged(EnvironmentEvent):
+    """The environment-level override changed by a JSON Merge Patch (RFC 7396)."""
+
+    type: ClassVar[str] = "EnvironmentOverrideChanged"
+
+    environment: str
+    merge_patch: JsonObject
+    resulting_hash: str  # hash of the environment override after the patch
