@@ -82,6 +82,31 @@ def _dev_signing_key(data_dir: Path | None) -> str:
     return key
 
 
+def _dev_secret(data_dir: Path | None, name: str, make) -> str:
+    """A dev-only secret, kept with the data when there is a data dir."""
+    path = data_dir / name if data_dir else None
+    if path and path.exists():
+        return path.read_text().strip()
+    value = make()
+    if path:
+        path.write_text(value)
+        path.chmod(0o600)
+    return value
+
+
+async def _bootstrap_admin_key(database_url: str) -> str:
+    import asyncpg
+
+    from service.apikeys import create_key
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        issued = await create_key(conn, role="admin", environments=("*",), name="dev bootstrap", created_by="linkledger dev")
+    finally:
+        await conn.close()
+    return issued.secret
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     base = load_settings()
     _setup_logging(base.log_level)
@@ -101,12 +126,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
             http_port=args.port if args.port is not None else base.http_port,
             ledger_signing_key=base.ledger_signing_key or _dev_signing_key(data_dir),
             digest_interval_seconds=base.digest_interval_seconds,
+            keyring=base.keyring or (None if base.keyring_file else _dev_secret(data_dir, "keyring.json", _new_keyring)),
+            keyring_file=base.keyring_file,
+            audit_key=base.audit_key or _dev_secret(data_dir, "audit-key", _new_audit_key),
         )
+        asyncio.run(_migrate(settings.database_url))
+        admin_key = asyncio.run(_bootstrap_admin_key(settings.database_url))
 
         def banner(url: str) -> None:
             print(f"linkledger dev is up\n  gateway:    {url}  (try {url}/readyz)\n"
                   f"  postgres:   {settings.database_url}\n  nats:       {settings.nats_url}\n"
                   f"  data:       {data_dir or 'temporary (use --data-dir to keep it)'}\n"
+                  f"  admin key:  {admin_key}   (shown once; Authorization: Bearer <key>)\n"
                   "Ctrl-C stops everything.", flush=True)
 
         asyncio.run(_serve(settings, banner=banner))
@@ -114,6 +145,161 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if stack:
             stack.stop()
     print("stopped.", flush=True)
+    return 0
+
+
+def _new_keyring() -> str:
+    from service.crypto.keyring import Keyring
+
+    return Keyring.generate()
+
+
+def _new_audit_key() -> str:
+    from service.crypto.fingerprint import generate_audit_key
+
+    return generate_audit_key()
+
+
+def _uow_settings() -> Settings:
+    from service.bootstrap import load_fingerprinter, load_keyring
+
+    settings = load_settings(require=("database_url",))
+    load_keyring(settings)
+    load_fingerprinter(settings)
+    return settings
+
+
+async def _with_uow(settings: Settings, work):
+    from events.database import create_pool
+    from service.bootstrap import bootstrap
+
+    pool = await create_pool(settings.database_url, role=settings.database_role or None, max_size=20)
+    try:
+        return await work(bootstrap(settings, pool).acting_as(f"cli:{os.environ.get('USER', 'unknown')}"))
+    finally:
+        await pool.close()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from service import apikeys
+
+    if args.keys_command == "generate":
+        print(json.dumps({"LINKLEDGER_KEYRING": _new_keyring(), "LINKLEDGER_AUDIT_KEY": _new_audit_key()}, indent=2))
+        return 0
+    if args.keys_command == "rotate":
+        return _rotate_keys()
+    settings = load_settings(require=("database_url",))
+
+    async def run():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            if args.keys_command == "create":
+                issued = await apikeys.create_key(conn, role=args.role, environments=tuple(args.env),
+                                                  name=args.name, created_by=f"cli:{os.environ.get('USER', 'unknown')}")
+                print(f"{issued.secret}\n(key {issued.key.key_id}, role {issued.key.role}, environments "
+                      f"{', '.join(issued.key.environments)}; shown once, only its hash is stored)")
+            elif args.keys_command == "list":
+                for row in await apikeys.list_keys(conn):
+                    state = "revoked" if row["revoked_at"] else "active"
+                    print(f"{row['key_id']}  {row['role']:8}  {','.join(row['environments']):20}  {state:7}  {row['name']}")
+            elif args.keys_command == "revoke":
+                if not await apikeys.revoke_key(conn, args.key_id):
+                    raise CliError(f"no active key {args.key_id}")
+                print(f"revoked {args.key_id}")
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def _rotate_keys() -> int:
+    from rich.progress import Progress
+
+    from events.database import create_pool
+    from service.bootstrap import load_keyring
+    from service.crypto.datakeys import DataKeys
+
+    settings = load_settings(require=("database_url",))
+    keyring = load_keyring(settings)
+
+    async def run():
+        pool = await create_pool(settings.database_url, role=settings.database_role or None, max_size=4)
+        try:
+            with Progress() as progress:
+                task = progress.add_task(f"rewrapping data keys under {keyring.primary}", total=None)
+                done = await DataKeys(pool, keyring).rotate(lambda n, total: progress.update(task, completed=n, total=total))
+            return done
+        finally:
+            await pool.close()
+
+    done = asyncio.run(run())
+    print(f"rewrapped {done} data key(s) under {keyring.primary}; no event was changed. Once every replica runs "
+          "with this keyring, older key-encryption keys may be removed from it.")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from service.handlers.accounts import import_accounts
+    from service.handlers.import_profiles import parse_import
+
+    settings = _uow_settings()
+    body = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    content_type = "application/json" if body.lstrip()[:1] == b"[" else "application/x-ndjson"
+
+    async def run(uow):
+        records = parse_import(body, content_type, environment=args.env, profile=args.profile, now=uow.clock())
+        results = []
+        with Progress() as progress:
+            task = progress.add_task(f"importing into {args.env}", total=len(records))
+            for start in range(0, len(records), 1000):
+                results.extend(await import_accounts(records[start:start + 1000], uow, profile=args.profile))
+                progress.update(task, completed=len(results))
+        return results
+
+    results = asyncio.run(_with_uow(settings, run))
+    summary = {"imported": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    for result in results:
+        summary[result.outcome] += 1
+        if result.outcome == "rejected":
+            print(f"line {result.line}: rejected: {result.field or '(record)'}: {result.reason}", file=sys.stderr)
+    print(", ".join(f"{n} {k}" for k, n in summary.items()))
+    return 1 if summary["rejected"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from service.handlers.accounts import export_accounts
+
+    settings = _uow_settings()
+    out = open(args.output, "w") if args.output != "-" else sys.stdout
+
+    async def run(uow):
+        count = 0
+        async for record in export_accounts(uow, environment=args.env, purpose=args.purpose, integration=args.integration):
+            out.write(json.dumps(record) + "\n")
+            count += 1
+        return count
+
+    try:
+        count = asyncio.run(_with_uow(settings, run))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} account(s); each has a TokensExported event", file=sys.stderr)
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from service.gateway.openapi import build_openapi
+
+    print(json.dumps(build_openapi(), indent=2))
     return 0
 
 
@@ -224,6 +410,34 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     sub.add_parser("digest", help="sign a ledger digest of every stream's head now").set_defaults(func=cmd_digest)
+
+    keys = sub.add_parser("keys", help="API keys and key-encryption keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create an API key (shown once)")
+    create.add_argument("--role", required=True, choices=("admin", "operator", "service", "auditor"))
+    create.add_argument("--env", action="append", required=True, help="an environment it may use (repeat; * for all)")
+    create.add_argument("--name", required=True, help="who or what holds it")
+    keys_sub.add_parser("list", help="list API keys (never the keys themselves)")
+    revoke = keys_sub.add_parser("revoke", help="revoke an API key")
+    revoke.add_argument("key_id")
+    keys_sub.add_parser("generate", help="print a new keyring and audit key for LINKLEDGER_KEYRING / LINKLEDGER_AUDIT_KEY")
+    keys_sub.add_parser("rotate", help="rewrap every data key under the keyring's primary key-encryption key")
+    keys.set_defaults(func=cmd_keys)
+
+    imp = sub.add_parser("import", help="bulk-import accounts from a file (NDJSON or JSON array)")
+    imp.add_argument("file", help="path, or - for standard input")
+    imp.add_argument("--env", required=True)
+    imp.add_argument("--profile", choices=("canonical", "truto", "nango"), default="canonical")
+    imp.set_defaults(func=cmd_import)
+
+    exp = sub.add_parser("export", help="export tokens in the canonical import format (records a TokensExported each)")
+    exp.add_argument("--env", required=True)
+    exp.add_argument("--integration")
+    exp.add_argument("--purpose", required=True, help="why: recorded in every account's history")
+    exp.add_argument("--output", "-o", default="-", help="file (default standard output)")
+    exp.set_defaults(func=cmd_export)
+
+    sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
 
     bench = sub.add_parser("bench", help="run a benchmark; the last line printed is one JSON object")
     bench.add_argument("name", choices=BENCHMARKS)

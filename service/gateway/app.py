@@ -6,10 +6,12 @@ import logging
 from aiohttp import web
 
 from events.database import create_pool
-from events.store import PostgresEventStore
-from service.gateway import routes_health
+from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
+from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
+from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import EVENT_STORE, NATS, POOL, SETTINGS
+from service.gateway.keys import EVENT_STORE, METRICS, NATS, POOL, SETTINGS, UOW
+from service.gateway.metrics import Metrics, metrics_middleware
 from service.natslink import NatsLink
 from service.settings import Settings
 from service.workers.digest import run_digest_worker
@@ -21,7 +23,9 @@ async def _postgres(app: web.Application):
     settings = app[SETTINGS]
     pool = await create_pool(settings.database_url, role=settings.database_role or None, max_size=settings.pool_size)
     app[POOL] = pool
-    app[EVENT_STORE] = PostgresEventStore(pool)
+    uow = bootstrap(settings, pool)
+    app[UOW] = uow
+    app[EVENT_STORE] = uow.store
     yield
     await pool.close()
 
@@ -46,8 +50,16 @@ async def _digest_worker(app: web.Application):
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware])
+    # Refuse to start without what the handlers need, before anything is opened.
+    load_keyring(settings)
+    load_fingerprinter(settings)
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), problem_middleware, auth_middleware], client_max_size=64 * 1024 * 1024
+    )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app.cleanup_ctx.extend([_postgres, _nats, _digest_worker])
-    app.add_routes(routes_health.routes)
+    for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
+        app.add_routes(module.routes)
     return app

@@ -5,6 +5,11 @@ import logging
 from aiohttp import web
 
 from events.errors import ConcurrencyError, InvalidEventError
+from service.crypto.datakeys import KeyShreddedError, MissingKeyError
+from service.domain.errors import AccountIsDeleted, DomainError, IdentityMismatch, UnknownAccount, UnknownIntegration
+from service.gateway.requests import InvalidRequest
+from service.handlers.accounts import AccountNotFound
+from service.handlers.import_profiles import RecordError
 
 log = logging.getLogger("linkledger.gateway")
 
@@ -15,7 +20,7 @@ def problem(status: int, title: str, detail: str | None = None, *, type_: str | 
     body = {"type": PROBLEM_TYPE_BASE + (type_ or title.lower().replace(" ", "-")), "title": title, "status": status}
     if detail:
         body["detail"] = detail
-    body.update(extra)
+    body.update({k: v for k, v in extra.items() if v is not None})
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
@@ -27,6 +32,25 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         if exc.status < 400:
             raise
         return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else None)
+    except InvalidRequest as exc:
+        return problem(422, "Unprocessable Content", str(exc), type_="invalid-request", errors=exc.errors)
+    except RecordError as exc:
+        return problem(422, "Unprocessable Content", exc.reason, type_="invalid-record",
+                       errors=[{"field": exc.field, "reason": exc.reason}])
+    except (AccountNotFound, UnknownAccount) as exc:
+        return problem(404, "Not Found", str(exc), type_="not-found")
+    except UnknownIntegration as exc:
+        return problem(422, "Unprocessable Content", str(exc), type_="unknown-integration",
+                       errors=[{"field": exc.field or "integration", "reason": str(exc)}])
+    except (AccountIsDeleted, IdentityMismatch) as exc:
+        return problem(409, "Conflict", str(exc), type_="state-conflict")
+    except DomainError as exc:
+        return problem(422, "Unprocessable Content", str(exc), type_="refused",
+                       errors=[{"field": exc.field, "reason": str(exc)}] if exc.field else None)
+    except KeyShreddedError:
+        return problem(410, "Gone", "this account's secrets were destroyed when it was deleted", type_="shredded")
+    except MissingKeyError:
+        return problem(404, "Not Found", "this account holds no readable credentials", type_="not-found")
     except ConcurrencyError as exc:
         return problem(409, "Conflict", str(exc), type_="concurrency", actual_version=exc.actual_version)
     except InvalidEventError as exc:

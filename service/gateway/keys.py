@@ -4,6 +4,8 @@ import asyncpg
 from aiohttp import web
 
 from events.store import PostgresEventStore
+from service.gateway.metrics import Metrics
+from service.handlers.uow import UnitOfWork
 from service.natslink import NatsLink
 from service.settings import Settings
 
@@ -11,3 +13,5 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS = web.AppKey("nats", NatsLink)
 EVENT_STORE = web.AppKey("event_store", PostgresEventStore)
+UOW = web.AppKey("uow", UnitOfWork)
+METRICS = web.AppKey("metrics", Metrics)

@@ -1,0 +1,218 @@
+"""Accounts: import (one and bulk), list, detail, token, delete, export."""
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import datetime
+
+from aiohttp import web
+
+from events.catalog.base import decode
+from service.domain import account as account_domain
+from service.domain.account import AccountState
+from service.domain.commands import DeleteAccount
+from service.domain.identity import account_stream
+from service.gateway.auth import api_key, ensure_environment, requires
+from service.gateway.keys import METRICS, POOL, UOW
+from service.gateway.views import account_view
+from service.handlers.accounts import (
+    AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
+    load_existing_account,
+)
+from service.handlers.import_profiles import PROFILES, parse_import, to_command
+from service.handlers.repositories import load_integration
+
+routes = web.RouteTableDef()
+READERS = ("admin", "operator", "auditor")
+WRITERS = ("admin", "operator")
+
+
+def _profile(request: web.Request, default: str) -> str:
+    profile = request.query.get("profile", default)
+    if profile not in PROFILES:
+        raise web.HTTPBadRequest(text=f"profile must be one of {', '.join(PROFILES)}")
+    return profile
+
+
+def _account_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such account") from None
+
+
+async def _scoped_account(request: web.Request) -> AccountState:
+    state = await load_existing_account(request.app[UOW], _account_id(request))
+    if not api_key(request).may_access(state.environment):
+        raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
+    return state
+
+
+@routes.post("/v1/environments/{env}/accounts")
+@requires(*WRITERS)
+async def import_one(request: web.Request) -> web.Response:
+    env = request.match_info["env"]
+    ensure_environment(request, env)
+    key = api_key(request)
+    body = await request.read()
+    idempotency_key = request.headers.get("Idempotency-Key")
+    request_hash = hashlib.sha256(request.path_qs.encode() + b"\n" + body).digest()
+    pool = request.app[POOL]
+    if idempotency_key:
+        seen = await pool.fetchrow(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE key_id = $1 AND idempotency_key = $2",
+            key.key_id, idempotency_key,
+        )
+        if seen is not None:
+            if bytes(seen["request_hash"]) != request_hash:
+                raise web.HTTPUnprocessableEntity(text="this Idempotency-Key was used with a different request")
+            return web.json_response(json.loads(seen["body"]), status=seen["status"], headers={"Idempotent-Replayed": "true"})
+    uow = request.app[UOW].acting_as(key.actor)
+    try:
+        record = json.loads(body or b"null")
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+    command = to_command(record, environment=env, profile=_profile(request, "truto"), now=uow.clock())
+    outcome = await import_account(command, uow)
+    status = 201 if outcome.outcome == "imported" else 200
+    payload = {"outcome": outcome.outcome, "account": account_view(outcome.state)}
+    if idempotency_key:
+        await pool.execute(
+            "INSERT INTO idempotency_keys (key_id, idempotency_key, request_hash, status, body)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            key.key_id, idempotency_key, request_hash, status, json.dumps(payload),
+        )
+    return web.json_response(payload, status=status)
+
+
+@routes.post("/v1/environments/{env}/accounts:import")
+@requires(*WRITERS)
+async def import_bulk(request: web.Request) -> web.Response:
+    env = request.match_info["env"]
+    ensure_environment(request, env)
+    profile = _profile(request, "canonical")
+    uow = request.app[UOW].acting_as(api_key(request).actor)
+    records = parse_import(await request.read(), request.headers.get("Content-Type"),
+                           environment=env, profile=profile, now=uow.clock())
+    results = await import_accounts(records, uow, profile=profile)
+    summary = {"imported": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    for result in results:
+        summary[result.outcome] += 1
+        request.app[METRICS].import_records.labels(result.outcome).inc()
+    return web.json_response({"summary": summary, "results": [r.as_dict() for r in results]})
+
+
+def _cursor(stream_id: str) -> str:
+    return base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
+
+
+def _uncursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except ValueError:
+        raise web.HTTPBadRequest(text="cursor is not one this API gave out") from None
+
+
+@routes.get("/v1/environments/{env}/accounts")
+@requires(*READERS)
+async def list_accounts(request: web.Request) -> web.Response:
+    env = request.match_info["env"]
+    ensure_environment(request, env)
+    query = request.query
+    try:
+        limit = min(max(int(query.get("limit", "50")), 1), 500)
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit must be an integer from 1 to 500") from None
+    after = _uncursor(query["cursor"]) if query.get("cursor") else ""
+    rows = await request.app[POOL].fetch(
+        "SELECT stream_id, snapshot FROM stream_heads WHERE stream_id LIKE 'account-%'"
+        " AND snapshot->>'environment' = $1"
+        " AND ($2::text IS NULL OR snapshot->>'status' = $2)"
+        " AND ($3::text IS NULL OR snapshot->>'integration' = $3)"
+        " AND ($4::text IS NULL OR snapshot->>'tenant_id' = $4)"
+        " AND stream_id > $5 ORDER BY stream_id LIMIT $6",
+        env, query.get("status"), query.get("integration"), query.get("tenant_id"), after, limit + 1,
+    )
+    page = rows[:limit]
+    data = [account_view(AccountState.model_validate(json.loads(r["snapshot"]))) for r in page]
+    next_cursor = _cursor(page[-1]["stream_id"]) if len(rows) > limit else None
+    return web.json_response({"data": data, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/accounts/{id}")
+@requires(*READERS)
+async def get_account(request: web.Request) -> web.Response:
+    state = await _scoped_account(request)
+    as_of = request.query.get("as_of")
+    if as_of:
+        try:
+            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="as_of must be an ISO-8601 instant") from None
+        if instant.tzinfo is None:
+            raise web.HTTPBadRequest(text="as_of must carry a time zone, e.g. 2026-10-15T14:30:00Z")
+        past = AccountState.blank(state.account_id)
+        for recorded in await request.app[UOW].store.read_stream(account_stream(state.account_id)):
+            if recorded.occurred_at > instant:
+                break
+            past = account_domain.evolve(past, decode(recorded.type, recorded.schema_version, recorded.data))
+        if past.status is None:
+            raise AccountNotFound(f"account {state.account_id} did not exist at {as_of}", field="as_of")
+        return web.json_response(account_view(past))
+    return web.json_response(account_view(state))
+
+
+@routes.get("/v1/accounts/{id}/token")
+@requires("service", "admin")
+async def get_token(request: web.Request) -> web.Response:
+    state = await _scoped_account(request)
+    if state.status == "deleted":
+        raise AccountNotFound(f"account {state.account_id} was deleted", field="account_id")
+    if state.status == "needs_reauth":
+        raise web.HTTPConflict(text=f"account needs re-authentication ({state.status_reason or 'reason unknown'})")
+    secrets = await current_credentials(request.app[UOW], state.account_id)
+    body = {
+        "account_id": str(state.account_id),
+        "authentication_method": state.authentication_method,
+        "token_type": state.token_type,
+        "expires_at": state.model_dump(mode="json")["expires_at"],
+        "context": state.context,
+        "status": state.status,
+    }
+    body.update({k: v for k, v in secrets.items() if k in ("access_token", "api_key", "username", "password")})
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@routes.delete("/v1/accounts/{id}")
+@requires("admin")
+async def remove_account(request: web.Request) -> web.Response:
+    state = await _scoped_account(request)
+    uow = request.app[UOW].acting_as(api_key(request).actor)
+    state = await delete_account(DeleteAccount(account_id=state.account_id, reason=request.query.get("reason")), uow)
+    return web.json_response(account_view(state))
+
+
+@routes.post("/v1/environments/{env}/accounts:export")
+@requires("admin")
+async def export(request: web.Request) -> web.StreamResponse:
+    """Plaintext tokens, admin only, each account's TokensExported written before its record."""
+    env = request.match_info["env"]
+    ensure_environment(request, env)
+    try:
+        body = json.loads(await request.read() or b"{}")
+        purpose = body["purpose"]
+        integration = body.get("integration")
+        if not isinstance(purpose, str) or not purpose.strip():
+            raise ValueError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise web.HTTPUnprocessableEntity(text='body must be {"purpose": "<why>", "integration": optional}') from None
+    if integration is not None:
+        await load_integration(request.app[UOW].store, env, integration)
+    uow = request.app[UOW].acting_as(api_key(request).actor)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+    await response.prepare(request)
+    async for record in export_accounts(uow, environment=env, purpose=purpose, integration=integration):
+        await response.write(json.dumps(record).encode() + b"\n")
+    await response.write_eof()
+    return response

@@ -1,0 +1,267 @@
+"""Account command handlers: load, decide, append. Secrets are encrypted here, under the account's
+own data key, bound to the event they travel in; the domain only ever sees fingerprints."""
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, AsyncIterator, Literal
+
+from events.catalog.account import TokensImported
+from events.envelope import NewEvent, uuid7
+from events.errors import ConcurrencyError
+from service.crypto.datakeys import KeyShreddedError
+from service.crypto.envelope import decrypt, encrypt, event_aad
+from service.domain import account as account_domain
+from service.domain.account import AccountState
+from service.domain.commands import DeleteAccount, ExportTokens, ImportAccount
+from service.domain.errors import DomainError
+from service.domain.identity import account_id_for, account_stream
+from service.domain.integration import IntegrationState
+from service.handlers.import_profiles import ParsedRecord, export_record
+from service.handlers.repositories import load_account, load_integration
+from service.handlers.uow import UnitOfWork, snapshot_of
+
+Outcome = Literal["imported", "updated", "unchanged"]
+_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    account_id: uuid.UUID
+    outcome: Outcome
+    state: AccountState
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    line: int
+    outcome: Literal["imported", "updated", "unchanged", "rejected"]
+    account_id: uuid.UUID | None = None
+    status: str | None = None
+    field: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"line": self.line, "outcome": self.outcome}
+        if self.account_id:
+            out["account_id"] = str(self.account_id)
+            out["status"] = self.status
+        if self.outcome == "rejected":
+            out["field"] = self.field
+            out["reason"] = self.reason
+        return out
+
+
+class AccountNotFound(DomainError):
+    pass
+
+
+def _to_new_events(uow: UnitOfWork, stream: str, events, now: datetime, cmd: ImportAccount, data_key) -> list[NewEvent]:
+    out = []
+    for event in events:
+        if isinstance(event, TokensImported):
+            event_id = uuid7()
+            ciphertext = encrypt(data_key.key, cmd.credentials.plaintext(), event_aad(stream, event_id))
+            out.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
+        else:
+            out.append(uow.new_event(event, now))
+    return out
+
+
+async def import_account(
+    cmd: ImportAccount, uow: UnitOfWork, *, integration: IntegrationState | None = None
+) -> ImportOutcome:
+    """Import one account: a new account, newer tokens for a known one, or nothing when unchanged."""
+    account_id = account_id_for(cmd)
+    stream = account_stream(account_id)
+    if integration is None:
+        integration = await load_integration(uow.store, cmd.environment, cmd.integration)
+    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+    for _ in range(_ATTEMPTS):
+        state = await load_account(uow.store, account_id)
+        now = uow.clock()
+        events = account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
+        if not events:
+            return ImportOutcome(account_id, "unchanged", state)
+        data_key = await uow.data_keys.get_or_create(stream)
+        new_state = account_domain.fold(state, events)
+        try:
+            await uow.store.append(stream, _to_new_events(uow, stream, events, now, cmd, data_key), state.version,
+                                   snapshot=snapshot_of(new_state))
+        except ConcurrencyError:
+            continue
+        return ImportOutcome(account_id, "imported" if state.status is None else "updated", new_state)
+    raise ConcurrencyError(stream, state.version, -1)
+
+
+_INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
+
+
+async def import_accounts(
+    records: list[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 1000, concurrency: int = 16
+) -> list[RecordResult]:
+    """Bulk import. New accounts go in together (one statement per chunk); known ones one by one.
+    Every record gets its own result; a bad one never stops or hides the others."""
+    results: dict[int, RecordResult] = {}
+    integrations: dict[tuple[str, str], IntegrationState] = {}
+    commands: list[tuple[ParsedRecord, ImportAccount]] = []
+    for record in records:
+        if record.error is not None:
+            results[record.line] = RecordResult(record.line, "rejected", field=record.error.field, reason=record.error.reason)
+        else:
+            commands.append((record, record.command))
+            key = (record.command.environment, record.command.integration)
+            if key not in integrations:
+                integrations[key] = await load_integration(uow.store, *key)
+
+    def reject(record: ParsedRecord, error: DomainError) -> None:
+        field = error.field
+        if field == "integration":
+            field = _INTEGRATION_FIELD.get(profile, "integration")
+        results[record.line] = RecordResult(record.line, "rejected", field=field, reason=str(error))
+
+    existing_heads = await uow.pool.fetch(
+        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])",
+        [account_stream(account_id_for(cmd)) for _, cmd in commands],
+    )
+    existing = {row["stream_id"] for row in existing_heads}
+    fresh = [(r, c) for r, c in commands if account_stream(account_id_for(c)) not in existing]
+    known = [(r, c) for r, c in commands if account_stream(account_id_for(c)) in existing]
+
+    for start in range(0, len(fresh), chunk):
+        part = fresh[start:start + chunk]
+        now = uow.clock()
+        planned = []
+        for record, cmd in part:
+            account_id = account_id_for(cmd)
+            try:
+                fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+                events = account_domain.decide(
+                    AccountState.blank(account_id), cmd, now,
+                    integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
+                )
+            except DomainError as error:
+                reject(record, error)
+                continue
+            planned.append((record, cmd, account_id, events))
+        try:
+            data_keys = await uow.data_keys.create_many([account_stream(a) for _, _, a, _ in planned])
+        except KeyShreddedError as shredded:
+            # Deleted meanwhile: the ordinary path refuses them by name; the rest go on.
+            gone = set(shredded.owners)
+            known.extend((r, c) for r, c, a, _ in planned if account_stream(a) in gone)
+            planned = [p for p in planned if account_stream(p[2]) not in gone]
+            data_keys = await uow.data_keys.create_many([account_stream(a) for _, _, a, _ in planned])
+        streams, states = [], {}
+        for record, cmd, account_id, events in planned:
+            stream = account_stream(account_id)
+            state = account_domain.fold(AccountState.blank(account_id), events)
+            states[stream] = state
+            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_of(state)))
+        created = await uow.store.create_streams(streams) if streams else {}
+        for record, cmd, account_id, _ in planned:
+            stream = account_stream(account_id)
+            if created.get(stream) is None:
+                known.append((record, cmd))  # created meanwhile by someone else: an update
+            else:
+                results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
+
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(record: ParsedRecord, cmd: ImportAccount) -> None:
+        async with limit:
+            try:
+                outcome = await import_account(cmd, uow, integration=integrations[(cmd.environment, cmd.integration)])
+            except DomainError as error:
+                reject(record, error)
+                return
+            results[record.line] = RecordResult(record.line, outcome.outcome, outcome.account_id, outcome.state.status)
+
+    await asyncio.gather(*(one(r, c) for r, c in known))
+    return [results[record.line] for record in records]
+
+
+async def current_credentials(uow: UnitOfWork, account_id: uuid.UUID) -> dict[str, Any]:
+    """The account's current secrets: those of the latest event that carries any."""
+    stream = account_stream(account_id)
+    row = await uow.pool.fetchrow(
+        "SELECT event_id, secret FROM events WHERE stream_id = $1 AND secret IS NOT NULL ORDER BY version DESC LIMIT 1",
+        stream,
+    )
+    if row is None:
+        raise AccountNotFound(f"account {account_id} holds no credentials", field="account_id")
+    data_key = await uow.data_keys.get(stream)
+    return decrypt(data_key.key, bytes(row["secret"]), event_aad(stream, row["event_id"]))
+
+
+async def load_existing_account(uow: UnitOfWork, account_id: uuid.UUID) -> AccountState:
+    state = await load_account(uow.store, account_id)
+    if state.status is None:
+        raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
+    return state
+
+
+async def _record(uow: UnitOfWork, state: AccountState, events) -> AccountState:
+    now = uow.clock()
+    new_state = account_domain.fold(state, events)
+    await uow.store.append(account_stream(state.account_id), [uow.new_event(e, now) for e in events], state.version,
+                           snapshot=snapshot_of(new_state))
+    return new_state
+
+
+async def export_accounts(
+    uow: UnitOfWork, *, environment: str, purpose: str, integration: str | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every live account of an environment in the canonical import format, each one's
+    TokensExported written before its tokens are handed out: no record without its event."""
+    after = ""
+    while True:
+        rows = await uow.pool.fetch(
+            "SELECT stream_id, snapshot FROM stream_heads WHERE stream_id LIKE 'account-%'"
+            " AND snapshot->>'environment' = $1 AND ($2::text IS NULL OR snapshot->>'integration' = $2)"
+            " AND snapshot->>'status' <> 'deleted' AND stream_id > $3 ORDER BY stream_id LIMIT 500",
+            environment, integration, after,
+        )
+        if not rows:
+            return
+        for row in rows:
+            after = row["stream_id"]
+            state = AccountState.model_validate_json(row["snapshot"]) if isinstance(row["snapshot"], str) \
+                else AccountState.model_validate(row["snapshot"])
+            secrets = await current_credentials(uow, state.account_id)
+            for _ in range(_ATTEMPTS):
+                current = await load_account(uow.store, state.account_id)
+                try:
+                    await _record(uow, current, account_domain.decide(current, ExportTokens(
+                        account_id=state.account_id, purpose=purpose), uow.clock()))
+                    break
+                except ConcurrencyError:
+                    continue
+            else:
+                raise ConcurrencyError(account_stream(state.account_id), current.version, -1)
+            yield export_record(
+                integration=state.integration, tenant_id=state.tenant_id,
+                authentication_method=state.authentication_method, external_ref=state.external_ref,
+                secrets=secrets, token_type=state.token_type, expires_at=state.expires_at,
+                scopes=tuple(state.scopes), context=state.context,
+            )
+
+
+async def delete_account(cmd: DeleteAccount, uow: UnitOfWork) -> AccountState:
+    """Deleting destroys the account's data key, then records the deletion: history stays, secrets
+    go. The key goes first, so a crash in between never leaves a deleted account's secrets readable;
+    a retry records the event."""
+    stream = account_stream(cmd.account_id)
+    for _ in range(_ATTEMPTS):
+        state = await load_existing_account(uow, cmd.account_id)
+        row = await uow.pool.fetchrow("SELECT key_id FROM data_keys WHERE owner = $1", stream)
+        events = account_domain.decide(state, cmd, uow.clock(), data_key_id=row["key_id"] if row else "none")
+        if not events:
+            return state
+        await uow.data_keys.shred(stream)
+        try:
+            return await _record(uow, state, events)
+        except ConcurrencyError:
+            continue
+    raise ConcurrencyError(stream, state.version, -1)

@@ -1,0 +1,47 @@
+"""The unit of work a command handler is given: the log, the data keys, fingerprints, the clock,
+and who is acting. `bootstrap()` builds the real one; tests may pass their own parts."""
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import asyncpg
+
+from events.catalog.base import Event, encode
+from events.envelope import NewEvent, uuid7
+from events.store import PostgresEventStore
+from service.crypto.datakeys import DataKeys
+from service.crypto.fingerprint import Fingerprinter
+
+
+def system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class UnitOfWork:
+    pool: asyncpg.Pool
+    store: PostgresEventStore
+    data_keys: DataKeys
+    fingerprinter: Fingerprinter
+    clock: Callable[[], datetime] = system_clock
+    actor: str = "system"
+    correlation_id: uuid.UUID | None = field(default=None)
+
+    def acting_as(self, actor: str, correlation_id: uuid.UUID | None = None) -> "UnitOfWork":
+        return replace(self, actor=actor, correlation_id=correlation_id or uuid7())
+
+    def new_event(
+        self, event: Event, now: datetime, *, event_id: uuid.UUID | None = None,
+        secret: bytes | None = None, key_id: str | None = None,
+    ) -> NewEvent:
+        return NewEvent(
+            type=event.type, schema_version=event.schema_version, data=encode(event),
+            event_id=event_id or uuid7(), occurred_at=now, actor=self.actor,
+            correlation_id=self.correlation_id, secret=secret, key_id=key_id,
+        )
+
+
+def snapshot_of(state: Any) -> dict[str, Any]:
+    return state.model_dump(mode="json")
