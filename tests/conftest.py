@@ -109,3 +109,50 @@ def store(pool) -> PostgresEventStore:
 def nats_prefix() -> str:
     """A subject prefix and stream name no other test uses."""
     return f"lltest{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Gateway:
+    """A running linkledger app on this test's database, and a way to mint API keys for it."""
+
+    client: object  # aiohttp.test_utils.TestClient
+    settings: object
+    database_url: str
+
+    async def key(self, role: str, *environments: str) -> str:
+        from service.apikeys import create_key
+
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            issued = await create_key(conn, role=role, environments=environments or ("*",), name=f"test {role}",
+                                      created_by="tests")
+        finally:
+            await conn.close()
+        return issued.secret
+
+    async def headers(self, role: str = "admin", *environments: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.key(role, *environments)}"}
+
+
+def gateway_settings(database_url: str, nats_url: str, **overrides):
+    from service.crypto.fingerprint import generate_audit_key
+    from service.crypto.keyring import Keyring
+    from service.settings import load_settings
+
+    values = dict(database_url=database_url, nats_url=nats_url, keyring=Keyring.generate("kek-test-1"),
+                  audit_key=generate_audit_key(), digest_interval_seconds=0, log_level="DEBUG")
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+async def gateway(database_url, servers):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.gateway.app import create_app
+
+    settings = gateway_settings(database_url, servers.nats_url)
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    yield Gateway(client, settings, database_url)
+    await client.close()

@@ -6,7 +6,7 @@ from service.apikeys import ApiKey, authenticate
 from service.gateway.errors import problem
 from service.gateway.keys import POOL
 
-API_KEY = "api_key"  # request-scoped: the authenticated key
+API_KEY = web.RequestKey("api_key", ApiKey)  # request-scoped: the authenticated key
 
 
 def requires(*roles: str):

@@ -292,9 +292,7 @@ def _secret(value: object, path: str) -> str | None:
 def _secret_text(value: object, path: str) -> str:
     """Any JSON value found under a secret name, as text to keep encrypted."""
     if isinstance(value, str):
-        result = _secret(value, path)
-        assert result is not None
-        return result
+        return _secret(value, path) or ""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -679,11 +677,10 @@ def _canonical(record: dict, now: datetime) -> _Fields:
             raise RecordError(f"credentials.{key}", "unknown credential field; put provider-specific secrets under credentials.extra")
     extra: dict[str, str] = {}
     for key, value in _object(creds.get("extra"), "credentials.extra").items():
-        if value is not None:
-            secret = _secret(value, f"credentials.extra.{key}")
-            assert secret is not None
-            if not _valid_unicode(key):
-                raise RecordError("credentials.extra", "has a key that is not valid Unicode (lone surrogate)")
+        if not _valid_unicode(key):
+            raise RecordError("credentials.extra", "has a key that is not valid Unicode (lone surrogate)")
+        secret = _secret(value, f"credentials.extra.{key}")
+        if secret is not None:
             extra[key] = secret
     secrets: dict[str, Any] = {name: _secret(creds.get(name), f"credentials.{name}") for name in _SECRET_FIELDS if name != "username"}
     secrets["username"] = _text(creds.get("username"), "credentials.username")

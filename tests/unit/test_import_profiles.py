@@ -157,7 +157,7 @@ def test_nango_api_key_and_basic_and_unsupported_types():
     err = error_of({**basic, "credentials": {"type": "OAUTH1", "oauth_token": "t"}}, "nango")
     assert err.field == "credentials.type" and "OAUTH1" in err.reason
     err = error_of({**api, "credentials": {"type": "API_KEY"}}, "nango")
-    assert err.field == "credentials.apiKey" or err.field == "credentials.api_key"
+    assert (err.field, err.reason) == ("credentials.api_key", "required for api_key accounts")
 
 
 def test_truto_api_key_and_basic_accounts_move_secrets_out_of_context():
