@@ -132,30 +132,28 @@ RETURNING stream_id, position, version, hash
 @dataclass
 class _Pending:
     stream_id: str
-    expected_version: int
-    row: tuple
-    snapshot_json: str | None
+    payload: Any
     done: asyncio.Future
 
 
-class _GroupCommit:
-    """Sends queued single-event appends in batches, at most `max_in_flight` at a time.
+class _Coalescer:
+    """Sends queued writes in batches, at most `max_in_flight` at a time (group commit).
 
-    A lone append is sent at once; appends arriving while batches are in flight wait for the next
+    A lone write is sent at once; writes arriving while batches are in flight wait for the next
     one, so batching costs no latency at low load and saves commits and round trips at high load.
+    `send(payloads)` returns each stream's results, or None for a stream it could not place.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_in_flight: int = 4, max_batch: int = 256):
-        self._pool = pool
+    def __init__(self, send, max_in_flight: int = 4, max_batch: int = 256):
+        self._send_batch = send
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._in_flight = 0
         self._sending = 0
 
-    async def submit(self, stream_id: str, expected_version: int, row: tuple, snapshot_json: str | None):
-        """Results for the one event, or None when the batch could not place it."""
-        item = _Pending(stream_id, expected_version, row, snapshot_json, asyncio.get_running_loop().create_future())
+    async def submit(self, stream_id: str, payload: Any):
+        item = _Pending(stream_id, payload, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
@@ -191,23 +189,18 @@ class _GroupCommit:
             self._in_flight -= 1
 
     async def _send(self, batch: list[_Pending]) -> None:
-        columns = [[item.stream_id for item in batch], [item.expected_version for item in batch]]
-        columns.extend(list(column) for column in zip(*(item.row for item in batch)))
-        columns.append([item.snapshot_json for item in batch])
         try:
-            rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
-            rows = []  # each item retries alone and meets its own error there
+            placed = await self._send_batch([item.payload for item in batch])
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError):
+            placed = {}  # each item retries alone and meets its own error there
         except BaseException as exc:
             for item in batch:
                 if not item.done.done():
                     item.done.set_exception(exc)
             raise
-        placed = {r["stream_id"]: AppendResult(r["position"], r["version"], bytes(r["hash"])) for r in rows}
         for item in batch:
             if not item.done.done():
-                result = placed.get(item.stream_id)
-                item.done.set_result([result] if result else None)
+                item.done.set_result(placed.get(item.stream_id))
 
 
 # Bulk creation of new streams (imports): a new stream's chain starts at the genesis hash, so the
@@ -255,7 +248,8 @@ def _validate_stream_id(stream_id: str) -> None:
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
-        self._group_commit = _GroupCommit(pool)
+        self._group_commit = _Coalescer(self._send_appends)
+        self._stream_creator = _Coalescer(self._send_creations)
 
     async def append(
         self,
@@ -273,7 +267,11 @@ class PostgresEventStore:
         rows = self._prepare(stream_id, events, expected_version)
         snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
         if conn is None and len(rows) == 1:
-            stored = await self._group_commit.submit(stream_id, expected_version, rows[0], snapshot_json)
+            stored = await self._group_commit.submit(stream_id, (stream_id, expected_version, rows[0], snapshot_json))
+            if stored:
+                return stored
+        elif conn is None and expected_version == 0:
+            stored = await self._stream_creator.submit(stream_id, (stream_id, events, snapshot))
             if stored:
                 return stored
         args = (stream_id, expected_version, *(list(column) for column in zip(*rows)), snapshot_json)
@@ -286,6 +284,17 @@ class PostgresEventStore:
             except RetryableAppendError:
                 await asyncio.sleep(0.001 * (attempt + 1))
         raise EventStoreError(f"could not order the append to {stream_id!r} after {_ORDER_RETRIES} attempts")
+
+    async def _send_appends(self, items: list[tuple]) -> dict[str, list[AppendResult]]:
+        """One group-commit batch of single-event appends (distinct streams)."""
+        columns = [[item[0] for item in items], [item[1] for item in items]]
+        columns.extend(list(column) for column in zip(*(item[2] for item in items)))
+        columns.append([item[3] for item in items])
+        rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
+        return {r["stream_id"]: [AppendResult(r["position"], r["version"], bytes(r["hash"]))] for r in rows}
+
+    async def _send_creations(self, items: list[tuple]) -> dict[str, list[AppendResult] | None]:
+        return await self.create_streams(items)
 
     async def create_streams(
         self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | None]]

@@ -381,14 +381,14 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("append",)
+BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     # Benchmarks live with the other dev tools in scripts/; the CLI only dispatches to them.
-    module = importlib.import_module(f"scripts.bench.{args.name}")
+    module = importlib.import_module(f"scripts.bench.{BENCHMARKS[args.name]}")
     module.main(args.rest)
     return 0
 
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
 
     bench = sub.add_parser("bench", help="run a benchmark; the last line printed is one JSON object")
-    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
     return parser

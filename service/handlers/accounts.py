@@ -84,7 +84,7 @@ async def import_account(
         events = account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
         if not events:
             return ImportOutcome(account_id, "unchanged", state)
-        data_key = await uow.data_keys.get_or_create(stream)
+        data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
         new_state = account_domain.fold(state, events)
         try:
             await uow.store.append(stream, _to_new_events(uow, stream, events, now, cmd, data_key), state.version,
@@ -99,7 +99,7 @@ _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key
 
 
 async def import_accounts(
-    records: list[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 1000, concurrency: int = 16
+    records: list[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 500, concurrency: int = 16
 ) -> list[RecordResult]:
     """Bulk import. New accounts go in together (one statement per chunk); known ones one by one.
     Every record gets its own result; a bad one never stops or hides the others."""
@@ -129,43 +129,54 @@ async def import_accounts(
     fresh = [(r, c) for r, c in commands if account_stream(account_id_for(c)) not in existing]
     known = [(r, c) for r, c in commands if account_stream(account_id_for(c)) in existing]
 
+    async def write(planned_chunk, streams, states) -> None:
+        created = await uow.store.create_streams(streams) if streams else {}
+        for record, cmd, account_id, *_ in planned_chunk:
+            stream = account_stream(account_id)
+            if created.get(stream) is None:
+                known.append((record, cmd))  # created meanwhile by someone else: an update
+            else:
+                results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
+
+    # Chunks are pipelined: one is written while the next is prepared (the preparing is Python's
+    # work, the writing PostgreSQL's), with at most two writes in flight.
+    writes: list[asyncio.Task] = []
     for start in range(0, len(fresh), chunk):
         part = fresh[start:start + chunk]
         now = uow.clock()
         planned = []
         for record, cmd in part:
             account_id = account_id_for(cmd)
+            blank = AccountState.blank(account_id)
             try:
                 fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
                 events = account_domain.decide(
-                    AccountState.blank(account_id), cmd, now,
-                    integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
+                    blank, cmd, now, integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
                 )
             except DomainError as error:
                 reject(record, error)
                 continue
-            planned.append((record, cmd, account_id, events))
+            planned.append((record, cmd, account_id, events, blank))
         try:
-            data_keys = await uow.data_keys.create_many([account_stream(a) for _, _, a, _ in planned])
+            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
         except KeyShreddedError as shredded:
             # Deleted meanwhile: the ordinary path refuses them by name; the rest go on.
             gone = set(shredded.owners)
-            known.extend((r, c) for r, c, a, _ in planned if account_stream(a) in gone)
+            known.extend((r, c) for r, c, a, _, _ in planned if account_stream(a) in gone)
             planned = [p for p in planned if account_stream(p[2]) not in gone]
-            data_keys = await uow.data_keys.create_many([account_stream(a) for _, _, a, _ in planned])
+            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
         streams, states = [], {}
-        for record, cmd, account_id, events in planned:
+        for record, cmd, account_id, events, blank in planned:
             stream = account_stream(account_id)
-            state = account_domain.fold(AccountState.blank(account_id), events)
+            state = account_domain.fold(blank, events)
             states[stream] = state
             streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_of(state)))
-        created = await uow.store.create_streams(streams) if streams else {}
-        for record, cmd, account_id, _ in planned:
-            stream = account_stream(account_id)
-            if created.get(stream) is None:
-                known.append((record, cmd))  # created meanwhile by someone else: an update
-            else:
-                results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
+        writes = [w for w in writes if not w.done()]
+        if len(writes) >= 2:
+            await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
+        writes.append(asyncio.create_task(write(planned, streams, states)))
+        await asyncio.sleep(0)  # let the write start before the next chunk's preparing
+    await asyncio.gather(*writes)
 
     limit = asyncio.Semaphore(concurrency)
 

@@ -1,0 +1,41 @@
+"""Shared set-up for the account benchmarks: a migrated scratch database with a configured
+integration and a unit of work, as a running linkledger would have them."""
+
+import contextlib
+import json
+from typing import AsyncIterator
+
+from events.database import create_pool
+from service.bootstrap import bootstrap
+from service.crypto.fingerprint import generate_audit_key
+from service.crypto.keyring import Keyring
+from service.domain.commands import ConfigureIntegration, ConfigureOAuthClient
+from service.handlers.integrations import configure_integration, configure_oauth_client
+from service.handlers.uow import UnitOfWork
+from service.settings import load_settings
+
+
+def truto_line(i: int, run: str) -> bytes:
+    return json.dumps({
+        "integration_name": "salesforce", "tenant_id": f"customer_{run}_{i}", "authentication_method": "oauth2",
+        "external_ref": f"bench-{run}-{i}",
+        "context": {"oauth": {"token": {"access_token": f"00Dxx{i}!AQEAQ-{run}", "refresh_token": f"5Aep861-{i}",
+                                        "expires_at": "2026-12-15T14:30:00Z", "token_type": "Bearer",
+                                        "scope": "api refresh_token"}},
+                    "instance_url": f"https://acme{i}.my.salesforce.com"},
+    }).encode()
+
+
+@contextlib.asynccontextmanager
+async def account_uow(dsn: str, pool_size: int = 20) -> AsyncIterator[UnitOfWork]:
+    settings = load_settings(database_url=dsn, keyring=Keyring.generate("kek-bench"), audit_key=generate_audit_key())
+    pool = await create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    try:
+        uow = bootstrap(settings, pool).acting_as("system:bench")
+        await configure_integration(ConfigureIntegration(environment="bench", name="salesforce"), uow)
+        await configure_oauth_client(ConfigureOAuthClient(
+            environment="bench", integration="salesforce", client_id="bench", client_secret="bench-secret",
+            token_url="https://login.example.com/token"), uow)
+        yield uow
+    finally:
+        await pool.close()
