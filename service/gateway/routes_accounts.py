@@ -12,6 +12,7 @@ from events.catalog.base import decode
 from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
+from service.domain.errors import UnknownIntegration
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.keys import METRICS, POOL, UOW
@@ -207,8 +208,9 @@ async def export(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise web.HTTPUnprocessableEntity(text='body must be {"purpose": "<why>", "integration": optional}') from None
-    if integration is not None:
-        await load_integration(request.app[UOW].store, env, integration)
+    if integration is not None and not (await load_integration(request.app[UOW].store, env, integration)).configured:
+        raise UnknownIntegration(f"integration {integration!r} is not configured in environment {env!r}",
+                                 field="integration")
     uow = request.app[UOW].acting_as(api_key(request).actor)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
     await response.prepare(request)

@@ -386,7 +386,10 @@ def _scopes(value: object, path: str) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- context and secrets
 
-_SECRET_NAMES = frozenset({"credential", "credentials", "secret", "password", "passwd", "apikey", "token"})
+_SECRET_NAMES = frozenset({
+    "credential", "credentials", "secret", "password", "passwd", "apikey", "token",
+    "authorization", "proxyauthorization", "cookie", "setcookie", "bearer",  # HTTP auth material
+})
 _SECRET_SUFFIXES = (
     "secret", "password", "passwd", "passphrase", "apikey", "token", "privatekey", "secretkey",
     "signingkey", "accesskey", "credentials",

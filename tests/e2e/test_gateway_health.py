@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.gateway.app import create_app
-from service.settings import load_settings
+from tests.conftest import gateway_settings
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -19,7 +19,7 @@ def _closed_port() -> int:
 
 
 async def _client(database_url: str, nats_url: str) -> TestClient:
-    settings = load_settings(database_url=database_url, nats_url=nats_url, digest_interval_seconds=0)
+    settings = gateway_settings(database_url, nats_url)
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     return client
