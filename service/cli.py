@@ -36,10 +36,11 @@ async def _serve(settings: Settings, *, banner=None) -> None:
 
     from service.gateway.app import create_app
 
+    app = create_app(settings)  # validates keys and settings before anything is touched
     applied = await _migrate(settings.database_url)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
