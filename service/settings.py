@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     keyring: str | None = Field(None, description='key-encryption keys as JSON: {"primary": id, "keys": {id: base64 32 bytes}}')
     keyring_file: str | None = Field(None, description="path of a file holding the keyring JSON (instead of LINKLEDGER_KEYRING)")
     audit_key: str | None = Field(None, description="base64 32-byte HMAC key for token fingerprints (stable across key rotations)")
+    refresh_worker: bool = Field(True, description="run the proactive refresh worker in this process")
+    oauth_timeout_seconds: float = Field(10.0, gt=0, le=120, description="timeout of every call to a provider")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

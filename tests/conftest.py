@@ -140,7 +140,8 @@ def gateway_settings(database_url: str, nats_url: str, **overrides):
     from service.settings import load_settings
 
     values = dict(database_url=database_url, nats_url=nats_url, keyring=Keyring.generate("kek-test-1"),
-                  audit_key=generate_audit_key(), digest_interval_seconds=0, log_level="DEBUG")
+                  audit_key=generate_audit_key(), digest_interval_seconds=0, log_level="DEBUG",
+                  refresh_worker=False)  # tests that want proactive refresh turn it on
     values.update(overrides)
     return load_settings(**values)
 

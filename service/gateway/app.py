@@ -3,6 +3,7 @@
 import asyncio
 import logging
 
+import aiohttp
 from aiohttp import web
 
 from events.database import create_pool
@@ -10,7 +11,10 @@ from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import EVENT_STORE, METRICS, NATS, POOL, SETTINGS, UOW
+from service.gateway.keys import EVENT_STORE, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.handlers.tokens import Refresher
+from service.oauth.client import OAuthClient
+from service.workers.refresher import run_refresh_worker
 from service.gateway.metrics import Metrics, metrics_middleware
 from service.natslink import NatsLink
 from service.settings import Settings
@@ -38,6 +42,21 @@ async def _nats(app: web.Application):
     await link.close()
 
 
+async def _refresher(app: web.Application):
+    session = aiohttp.ClientSession(headers={"User-Agent": "linkledger"})
+    app[REFRESHER] = Refresher(app[UOW], OAuthClient(session, timeout=app[SETTINGS].oauth_timeout_seconds))
+    yield
+    await session.close()
+
+
+async def _refresh_worker(app: web.Application):
+    task = asyncio.create_task(run_refresh_worker(app[REFRESHER])) if app[SETTINGS].refresh_worker else None
+    yield
+    if task:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -59,7 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _digest_worker])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _digest_worker])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
         app.add_routes(module.routes)
     return app

@@ -10,6 +10,7 @@ from service.domain.errors import AccountIsDeleted, DomainError, IdentityMismatc
 from service.gateway.requests import InvalidRequest
 from service.handlers.accounts import AccountNotFound
 from service.handlers.import_profiles import RecordError
+from service.handlers.tokens import NotRefreshable, RefreshInProgress
 
 log = logging.getLogger("linkledger.gateway")
 
@@ -47,6 +48,12 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except DomainError as exc:
         return problem(422, "Unprocessable Content", str(exc), type_="refused",
                        errors=[{"field": exc.field, "reason": str(exc)}] if exc.field else None)
+    except RefreshInProgress:
+        response = problem(503, "Service Unavailable", "the token is being refreshed; retry shortly", type_="refreshing")
+        response.headers["Retry-After"] = "1"
+        return response
+    except NotRefreshable as exc:
+        return problem(409, "Conflict", str(exc), type_="not-refreshable")
     except KeyShreddedError:
         return problem(410, "Gone", "this account's secrets were destroyed when it was deleted", type_="shredded")
     except MissingKeyError:

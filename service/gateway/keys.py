@@ -5,6 +5,7 @@ from aiohttp import web
 
 from events.store import PostgresEventStore
 from service.gateway.metrics import Metrics
+from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
 from service.natslink import NatsLink
 from service.settings import Settings
@@ -15,3 +16,4 @@ NATS = web.AppKey("nats", NatsLink)
 EVENT_STORE = web.AppKey("event_store", PostgresEventStore)
 UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
+REFRESHER = web.AppKey("refresher", Refresher)

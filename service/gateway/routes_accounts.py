@@ -15,7 +15,8 @@ from service.domain.commands import DeleteAccount
 from service.domain.errors import UnknownIntegration
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
-from service.gateway.keys import METRICS, POOL, UOW
+from service.gateway.errors import problem
+from service.gateway.keys import METRICS, POOL, REFRESHER, UOW
 from service.gateway.views import account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
@@ -170,8 +171,17 @@ async def get_token(request: web.Request) -> web.Response:
     state = await _scoped_account(request)
     if state.status == "deleted":
         raise AccountNotFound(f"account {state.account_id} was deleted", field="account_id")
+    # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).
+    state = await request.app[REFRESHER].ensure_fresh(state.account_id)
     if state.status == "needs_reauth":
-        raise web.HTTPConflict(text=f"account needs re-authentication ({state.status_reason or 'reason unknown'})")
+        return problem(409, "Conflict", f"the account needs re-authentication ({state.status_reason or 'unknown'})",
+                       type_="needs-reauth", status_of_account=state.status, reason=state.status_reason)
+    if state.expires_at is not None and state.expires_at <= request.app[UOW].clock():
+        response = problem(503, "Service Unavailable", "the access token has expired and the provider could not "
+                           "refresh it yet; linkledger keeps retrying", type_="provider-unavailable",
+                           status_of_account=state.status)
+        response.headers["Retry-After"] = "5"
+        return response
     secrets = await current_credentials(request.app[UOW], state.account_id)
     body = {
         "account_id": str(state.account_id),

@@ -2,9 +2,10 @@
 own data key, bound to the event they travel in; the domain only ever sees fingerprints."""
 
 import asyncio
+import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Literal
 
 from events.catalog.account import TokensImported
@@ -91,6 +92,7 @@ async def import_account(
                                    snapshot=snapshot_of(new_state))
         except ConcurrencyError:
             continue
+        await schedule_accounts(uow, [new_state])
         return ImportOutcome(account_id, "imported" if state.status is None else "updated", new_state)
     raise ConcurrencyError(stream, state.version, -1)
 
@@ -131,6 +133,7 @@ async def import_accounts(
 
     async def write(planned_chunk, streams, states) -> None:
         created = await uow.store.create_streams(streams) if streams else {}
+        await schedule_accounts(uow, [states[s] for s, results in created.items() if results is not None])
         for record, cmd, account_id, *_ in planned_chunk:
             stream = account_stream(account_id)
             if created.get(stream) is None:
@@ -191,6 +194,18 @@ async def import_accounts(
 
     await asyncio.gather(*(one(r, c) for r, c in known))
     return [results[record.line] for record in records]
+
+
+async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None:
+    """Due for a proactive refresh at a random moment 60-180 s before expiry (oauth2 tokens that expire)."""
+    due = [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
+           if s.authentication_method == "oauth2" and s.expires_at is not None and s.status != "deleted"]
+    if due:
+        await uow.pool.execute(
+            "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
+            " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0",
+            [d[0] for d in due], [d[1] for d in due],
+        )
 
 
 async def current_credentials(uow: UnitOfWork, account_id: uuid.UUID) -> dict[str, Any]:

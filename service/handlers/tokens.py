@@ -1,0 +1,257 @@
+"""Keeping tokens alive: refresh with one refresh per grant, on demand and on schedule.
+
+One refresh per grant, ever: a rotating provider revokes the whole grant when a rotated-out
+refresh token is presented again, so two concurrent refreshes kill the connection. Inside a
+process, concurrent callers share one in-flight refresh (single-flight); across processes, a lease
+row is taken before the provider is called; the outcome is appended fenced by the stream version
+read under the lease, and a rotated refresh token is appended (persisted) before the new access
+token is handed to anyone.
+"""
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from events.catalog.account import TokenRefreshed
+from events.envelope import uuid7
+from events.errors import ConcurrencyError
+from service.crypto.envelope import decrypt, encrypt, event_aad
+from service.domain import account as account_domain
+from service.domain import integration as integration_domain
+from service.domain.account import AccountState
+from service.domain.commands import Credentials, RecordRefreshFailure, RecordTokenRefresh
+from service.domain.identity import account_stream, integration_stream
+from service.handlers.accounts import current_credentials, load_existing_account, schedule_accounts
+from service.handlers.repositories import load_integration
+from service.handlers.uow import UnitOfWork, snapshot_of
+from service.oauth.client import OAuthClient, OAuthClientConfig
+from service.oauth.errors import OAuthError
+
+log = logging.getLogger("linkledger.refresh")
+
+ON_DEMAND_MARGIN = timedelta(seconds=30)
+LEASE_SECONDS = 30
+BACKOFF_BASE, BACKOFF_CAP = 5.0, 15 * 60.0
+SLOW_RETRY = 30 * 60.0  # accounts in needs_reauth (refresh_unavailable) keep being tried, slowly
+
+
+class RefreshInProgress(Exception):
+    """Another process holds the lease; its outcome appears in the stream shortly."""
+
+
+class NotRefreshable(Exception):
+    """The account has no refresh token or is not an oauth2 account."""
+
+
+@dataclass
+class Refresher:
+    """Refreshes accounts; one instance per process (it holds the single-flight table)."""
+
+    uow: UnitOfWork
+    oauth: OAuthClient
+    holder: str = field(default_factory=lambda: f"proc-{uuid.uuid4().hex[:12]}")
+    _in_flight: dict[uuid.UUID, asyncio.Future] = field(default_factory=dict)
+
+    async def refresh(self, account_id: uuid.UUID) -> AccountState:
+        """Refresh now (or join the refresh already running in this process)."""
+        running = self._in_flight.get(account_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[account_id] = future
+        try:
+            state = await self._refresh_under_lease(account_id)
+            future.set_result(state)
+            return state
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: joiners re-raise it themselves
+            raise
+        finally:
+            del self._in_flight[account_id]
+
+    async def ensure_fresh(self, account_id: uuid.UUID, *, margin: timedelta = ON_DEMAND_MARGIN,
+                           wait_seconds: float = 15.0) -> AccountState:
+        """The account with an access token valid for at least `margin`, refreshing first if needed;
+        when another process is refreshing it, wait for that outcome instead of refreshing twice."""
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while True:
+            state = await load_existing_account(self.uow, account_id)
+            if not _needs_refresh(state, self.uow.clock(), margin):
+                return state
+            try:
+                return await self.refresh(account_id)
+            except RefreshInProgress:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _refresh_under_lease(self, account_id: uuid.UUID) -> AccountState:
+        pool = self.uow.pool
+        now = self.uow.clock()
+        taken = await pool.fetchval(
+            "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
+            " WHERE refresh_leases.expires_at < $4 OR refresh_leases.holder = excluded.holder RETURNING holder",
+            account_id, self.holder, now + timedelta(seconds=LEASE_SECONDS), now,
+        )
+        if taken is None:
+            raise RefreshInProgress(str(account_id))
+        try:
+            return await self._refresh_once(account_id)
+        finally:
+            await pool.execute("DELETE FROM refresh_leases WHERE account_id = $1 AND holder = $2", account_id, self.holder)
+
+    async def _refresh_once(self, account_id: uuid.UUID) -> AccountState:
+        uow = self.uow
+        state = await load_existing_account(uow, account_id)
+        if state.authentication_method != "oauth2":
+            raise NotRefreshable(f"account {account_id} uses {state.authentication_method}: nothing to refresh")
+        secrets = await current_credentials(uow, account_id)
+        refresh_token = secrets.get("refresh_token")
+        if not refresh_token:
+            raise NotRefreshable(f"account {account_id} holds no refresh token")
+        config = await oauth_config(uow, state.environment, state.integration)
+        try:
+            tokens = await self.oauth.refresh(config, refresh_token)
+        except OAuthError as error:
+            return await self._record_failure(state, error)
+        merged = dict(secrets)
+        merged["access_token"] = tokens.access_token
+        if tokens.refresh_token:
+            merged["refresh_token"] = tokens.refresh_token
+        if getattr(tokens, "id_token", None):
+            merged["id_token"] = tokens.id_token
+        credentials = Credentials(
+            access_token=merged["access_token"], refresh_token=merged.get("refresh_token"),
+            extra={k: v for k, v in merged.get("extra", {}).items()},
+        )
+        command = RecordTokenRefresh(account_id=account_id, credentials=credentials, expires_at=tokens.expires_at,
+                                     scopes=tokens.scopes)
+        fingerprints = uow.fingerprinter.fingerprints(credentials.plaintext())
+        # The new tokens must be persisted whatever else happened to the stream meanwhile: a rotated
+        # refresh token exists nowhere else. So on a version conflict, decide again and re-append.
+        for _ in range(10):
+            now = uow.clock()
+            events = account_domain.decide(state, command, now, fingerprints=fingerprints)
+            data_key = await uow.data_keys.get(account_stream(account_id))
+            new_events = []
+            for event in events:
+                if isinstance(event, TokenRefreshed):
+                    event_id = uuid7()
+                    stream = account_stream(account_id)
+                    ciphertext = encrypt(data_key.key, credentials.plaintext(), event_aad(stream, event_id))
+                    new_events.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
+                else:
+                    new_events.append(uow.new_event(event, now))
+            new_state = account_domain.fold(state, events)
+            try:
+                await uow.store.append(account_stream(account_id), new_events, state.version,
+                                       snapshot=snapshot_of(new_state))
+            except ConcurrencyError:
+                state = await load_existing_account(uow, account_id)
+                continue
+            await schedule_after(uow, new_state)
+            return new_state
+        raise ConcurrencyError(account_stream(account_id), state.version, -1)
+
+    async def _record_failure(self, state: AccountState, error: OAuthError) -> AccountState:
+        uow = self.uow
+        attempt = state.consecutive_refresh_failures + 1
+        now = uow.clock()
+        retry_at = now + timedelta(seconds=_backoff(attempt, error.retry_after))
+        command = RecordRefreshFailure(
+            account_id=state.account_id, failure_class=error.failure_class, http_status=error.http_status,
+            provider_error=error.provider_error, attempt=attempt,
+            retry_at=retry_at if error.failure_class in ("transient", "network") else None,
+        )
+        for _ in range(10):
+            events = account_domain.decide(state, command, uow.clock())
+            new_state = account_domain.fold(state, events)
+            try:
+                await uow.store.append(account_stream(state.account_id), [uow.new_event(e, uow.clock()) for e in events],
+                                       state.version, snapshot=snapshot_of(new_state))
+                break
+            except ConcurrencyError:
+                state = await load_existing_account(uow, state.account_id)
+        else:
+            raise ConcurrencyError(account_stream(state.account_id), state.version, -1)
+        if error.failure_class == "invalid_client":
+            await flag_integration(uow, new_state.environment, new_state.integration, error)
+        log.info("refresh of %s failed: %s (http %s, attempt %s)", state.account_id, error.failure_class,
+                 error.http_status, attempt)
+        if error.failure_class in ("transient", "network"):
+            due = retry_at if new_state.status != "needs_reauth" else now + timedelta(seconds=SLOW_RETRY)
+            await set_due(uow, state.account_id, due, attempt)
+        elif error.failure_class == "invalid_grant":
+            await uow.pool.execute("DELETE FROM refresh_schedule WHERE account_id = $1", state.account_id)
+        return new_state
+
+
+def _needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
+    if state.authentication_method != "oauth2" or state.status in ("deleted", "needs_reauth"):
+        return False
+    return state.expires_at is not None and state.expires_at - now <= margin
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential with full jitter, capped; never before the provider's Retry-After."""
+    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+    delay = max(delay, BACKOFF_BASE * 2 ** (attempt - 1) / 2)  # increasing: at least half the step
+    return max(delay, retry_after or 0.0)
+
+
+async def oauth_config(uow: UnitOfWork, environment: str, integration: str) -> OAuthClientConfig:
+    """The integration's bring-your-own client, its secret decrypted from the latest configuration event."""
+    state = await load_integration(uow.store, environment, integration)
+    client = state.oauth_client
+    if not client:
+        raise NotRefreshable(f"integration {integration} in {environment} has no OAuth client configured")
+    stream = integration_stream(environment, integration)
+    row = await uow.pool.fetchrow(
+        "SELECT event_id, secret FROM events WHERE stream_id = $1 AND type = 'OAuthClientConfigured'"
+        " AND secret IS NOT NULL ORDER BY version DESC LIMIT 1", stream)
+    data_key = await uow.data_keys.get(stream)
+    secret = decrypt(data_key.key, bytes(row["secret"]), event_aad(stream, row["event_id"]))["client_secret"]
+    return OAuthClientConfig(
+        client_id=client["client_id"], client_secret=secret, token_url=client["token_url"],
+        revocation_url=client.get("revocation_url"), userinfo_url=client.get("userinfo_url"),
+        authorize_url=client.get("authorize_url"), client_authentication=client["client_authentication"],
+        scopes=tuple(client.get("scopes") or ()),
+    )
+
+
+async def flag_integration(uow: UnitOfWork, environment: str, integration: str, error: OAuthError) -> None:
+    """invalid_client is the OAuth app's fault, not the account's: flag the integration once."""
+    stream = integration_stream(environment, integration)
+    for _ in range(5):
+        state = await load_integration(uow.store, environment, integration)
+        events = integration_domain.flag(state, "invalid_client", error.provider_error)
+        if not events:
+            return
+        new_state = state
+        for event in events:
+            new_state = integration_domain.evolve(new_state, event)
+        try:
+            await uow.store.append(stream, [uow.new_event(e, uow.clock()) for e in events], state.version,
+                                   snapshot=snapshot_of(new_state))
+            log.warning("integration %s in %s flagged: the OAuth client is refused by the provider (%s)",
+                        integration, environment, error.provider_error or error.http_status)
+            return
+        except ConcurrencyError:
+            continue
+
+
+async def set_due(uow: UnitOfWork, account_id: uuid.UUID, due_at: datetime, attempt: int = 0) -> None:
+    await uow.pool.execute(
+        "INSERT INTO refresh_schedule (account_id, due_at, attempt) VALUES ($1, $2, $3)"
+        " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
+        account_id, due_at, attempt,
+    )
+
+
+async def schedule_after(uow: UnitOfWork, state: AccountState) -> None:
+    await schedule_accounts(uow, [state])
