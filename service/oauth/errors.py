@@ -11,6 +11,7 @@
 An `OAuthError` never carries a token, a refresh token, an authorization code or a client secret:
 the text it keeps from the provider is redacted against every secret of the request (and their
 URL-encoded forms, and any run of 12+ characters copied out of one) before it is truncated.
+Values shorter than 4 characters are not treated as secrets.
 """
 
 import re
@@ -23,6 +24,7 @@ FAILURE_CLASSES: frozenset[str] = frozenset(get_args(FailureClass))
 REDACTED = "[REDACTED]"
 DESCRIPTION_LIMIT = 300
 PROVIDER_ERROR_LIMIT = 100
+_MIN_SECRET = 4  # shorter "secrets" (test fixtures) would garble every message and guard nothing
 _FRAGMENT = 12  # a run this long copied out of a secret is redacted (covers echoes cut mid-token)
 _SCAN_LIMIT = 4096  # provider text longer than this is cut before it is scanned
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
@@ -54,7 +56,7 @@ def _redact_fragments(text: str, secret: str) -> str:
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """`text` with every secret (raw, URL-encoded, or a 12+ character piece of one) replaced."""
-    present = [secret for secret in secrets if secret]
+    present = [secret for secret in secrets if secret and len(secret) >= _MIN_SECRET]
     for secret in sorted(present, key=len, reverse=True):
         for form in _variants(secret):
             text = text.replace(form, REDACTED)

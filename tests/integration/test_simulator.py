@@ -606,6 +606,17 @@ async def test_runs_as_a_separate_process(http):
         counters = await asyncio.to_thread(process.counters)
         assert counters["clients"]["proc"]["successful_refreshes"] == 1
         assert counters["clients"]["proc"]["injected_errors"] == 1
+        assert await asyncio.to_thread(process.counter, "injected_errors", "proc") == 1
     finally:
         await asyncio.to_thread(process.stop)
-    assert process._proc is None
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with http.get(process.url + "/_control/health") as response:
+            await response.read()
+
+
+async def test_metadata_document(sim, http):
+    async with http.get(sim.url + "/.well-known/oauth-authorization-server") as response:
+        assert response.status == 200
+        metadata = await response.json()
+    assert metadata["token_endpoint"] == sim.token_url and metadata["revocation_endpoint"] == sim.revoke_url
+    assert "S256" in metadata["code_challenge_methods_supported"]

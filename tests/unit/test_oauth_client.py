@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
 from datetime import datetime, timedelta, timezone
@@ -54,6 +55,25 @@ def assert_no_secret(text: str) -> None:
         assert quote_plus(secret) not in text
 
 
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds responses without the `stream_writer` that aiohttp >= 3.12 requires."""
+
+    def __init__(self, method, url, **kwargs):
+        kwargs.setdefault("stream_writer", _NoWriter())
+        super().__init__(method, url, **kwargs)
+
+
+class _NoWriter:
+    output_size = 0
+
+
+class mock_provider(aioresponses):
+    def add(self, url, method="GET", *args, **kwargs):
+        if "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters:
+            kwargs.setdefault("response_class", _CompatResponse)
+        return super().add(url, method, *args, **kwargs)
+
+
 @pytest.fixture
 async def session():
     async with aiohttp.ClientSession() as session:
@@ -62,7 +82,7 @@ async def session():
 
 @pytest.fixture
 def mocked():
-    with aioresponses() as mock:
+    with mock_provider() as mock:
         yield mock
 
 
@@ -163,7 +183,8 @@ async def test_expires_at_is_utc_even_when_the_clock_is_not(session, mocked):
     ("a b a", ("a", "b")),
     ("", ()),
     (["a", "b"], ("a", "b")),
-    ("https://www.googleapis.com/auth/gmail.readonly openid", ("https://www.googleapis.com/auth/gmail.readonly", "openid")),
+    ("https://www.googleapis.com/auth/gmail.readonly openid",
+     ("https://www.googleapis.com/auth/gmail.readonly", "openid")),
 ])
 async def test_scopes_are_parsed_from_the_space_separated_string(client, mocked, scope, expected):
     mocked.post(TOKEN_URL, payload=token_body(scope=scope))
@@ -228,8 +249,9 @@ async def test_a_success_without_an_access_token_is_a_transient_invalid_response
     assert caught.value.http_status == 200
 
 
-async def test_an_oversized_answer_is_not_read_into_memory(client, mocked):
-    mocked.post(TOKEN_URL, body=b'{"access_token": "' + b"x" * (2 << 20) + b'"}')
+async def test_an_oversized_answer_is_not_read_into_memory(client, mocked, monkeypatch):
+    monkeypatch.setattr("service.oauth.client.MAX_RESPONSE_BYTES", 4096)  # aioresponses can't feed megabytes
+    mocked.post(TOKEN_URL, body=b'{"access_token": "' + b"x" * 8192 + b'"}')
     with pytest.raises(OAuthError) as caught:
         await client.refresh(config(), REFRESH)
     assert (caught.value.failure_class, caught.value.provider_error) == ("transient", "invalid_response")
@@ -551,7 +573,8 @@ def test_token_set_and_config_reprs_hold_no_secret():
     f"client_secret={CLIENT_SECRET} does not match",
     f"client_secret={quote_plus(CLIENT_SECRET)} does not match",
     f"bad token {REFRESH[:-6]}",  # the provider cut the echo short
-    f"Authorization: Basic {base64.b64encode(f'{quote_plus(CLIENT_ID)}:{quote_plus(CLIENT_SECRET)}'.encode()).decode()}",
+    "Authorization: Basic " + base64.b64encode(f"{quote_plus(CLIENT_ID)}:{quote_plus(CLIENT_SECRET)}".encode())
+    .decode(),
     "x" * 280 + REFRESH,  # the echo straddles the 300-character limit
 ], ids=["refresh-token", "client-secret", "urlencoded-secret", "truncated-echo", "basic-header", "at-the-limit"])
 async def test_errors_never_hold_a_secret_the_provider_echoes(client, mocked, description):
@@ -563,6 +586,18 @@ async def test_errors_never_hold_a_secret_the_provider_echoes(client, mocked, de
         assert_no_secret(text)
         assert REFRESH[:20] not in text and CLIENT_SECRET[:20] not in text
     assert "[REDACTED]" in error.description
+
+
+def test_oauth_error_sanitizes_whatever_builds_it():
+    error = OAuthError("transient", http_status=503, provider_error="server_error",
+                       description=f"upstream said\n{REFRESH}", retry_after=-3, secrets=(REFRESH, "ab"))
+    assert error.description == "upstream said [REDACTED]"
+    assert error.retry_after == 0.0
+    assert str(error) == "transient (HTTP 503, error=server_error, retry after 0s): upstream said [REDACTED]"
+    # values under 4 characters are not secrets: redacting them would garble every message
+    assert OAuthError("network", description="a b c", secrets=("b",)).description == "a b c"
+    with pytest.raises(ValueError):
+        OAuthError("fatal")
 
 
 async def test_errors_never_hold_a_secret_echoed_as_the_error_code(client, mocked):
