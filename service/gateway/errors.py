@@ -11,6 +11,7 @@ from service.gateway.requests import InvalidRequest
 from service.handlers.accounts import AccountNotFound
 from service.handlers.import_profiles import RecordError
 from service.handlers.tokens import NotRefreshable, RefreshInProgress
+from service.oauth.errors import OAuthError
 
 log = logging.getLogger("linkledger.gateway")
 
@@ -48,6 +49,11 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except DomainError as exc:
         return problem(422, "Unprocessable Content", str(exc), type_="refused",
                        errors=[{"field": exc.field, "reason": str(exc)}] if exc.field else None)
+    except OAuthError as exc:
+        response = problem(503, "Service Unavailable", f"the provider did not answer usefully: {exc.failure_class}",
+                           type_="provider-unavailable", http_status=exc.http_status)
+        response.headers["Retry-After"] = str(int(exc.retry_after or 5))
+        return response
     except RefreshInProgress:
         response = problem(503, "Service Unavailable", "the token is being refreshed; retry shortly", type_="refreshing")
         response.headers["Retry-After"] = "1"

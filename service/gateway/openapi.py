@@ -103,9 +103,16 @@ def build_openapi() -> dict[str, Any]:
             "delete": _op("Delete: the account's data key is destroyed, its history stays", ["admin"],
                           {"200": _json(ACCOUNT), **_problems(401, 403, 404)}, params=[ACCOUNT_ID, _query("reason", "why")]),
         },
+        "/v1/accounts/{id}/refresh": {"post": _op(
+            "Refresh the access token now (one refresh per grant across replicas)", ["admin", "operator"],
+            {"200": _json(ACCOUNT), **_problems(401, 403, 404, 409, 503)}, params=[ACCOUNT_ID])},
+        "/v1/accounts/{id}/validate": {"post": _op(
+            "Run the integration's health check now (refreshing first if the token has expired)", ["admin", "operator"],
+            {"200": _json(ACCOUNT), **_problems(401, 403, 404, 409, 503)}, params=[ACCOUNT_ID])},
         "/v1/accounts/{id}/token": {"get": _op(
-            "A usable credential for the account, with its non-secret context", ["service", "admin"],
-            {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410)}, params=[ACCOUNT_ID])},
+            "A usable credential for the account, with its non-secret context; refreshed first when it "
+            "expires within 30 s. 409 when the account needs re-authentication.", ["service", "admin"],
+            {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410, 503)}, params=[ACCOUNT_ID])},
     }
     return {
         "openapi": "3.1.0",

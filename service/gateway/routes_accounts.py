@@ -23,6 +23,7 @@ from service.handlers.accounts import (
     load_existing_account,
 )
 from service.handlers.import_profiles import PROFILES, parse_import, to_command
+from service.handlers.tokens import validate
 from service.handlers.repositories import load_integration
 
 routes = web.RouteTableDef()
@@ -228,3 +229,20 @@ async def export(request: web.Request) -> web.StreamResponse:
         await response.write(json.dumps(record).encode() + b"\n")
     await response.write_eof()
     return response
+
+
+@routes.post("/v1/accounts/{id}/refresh")
+@requires(*WRITERS)
+async def force_refresh(request: web.Request) -> web.Response:
+    state = await _scoped_account(request)
+    refresher = request.app[REFRESHER]
+    state = await refresher.refresh(state.account_id)
+    return web.json_response(account_view(state))
+
+
+@routes.post("/v1/accounts/{id}/validate")
+@requires(*WRITERS)
+async def force_validate(request: web.Request) -> web.Response:
+    state = await _scoped_account(request)
+    state = await validate(request.app[REFRESHER], state.account_id)
+    return web.json_response(account_view(state))

@@ -197,9 +197,11 @@ async def import_accounts(
 
 
 async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None:
-    """Due for a proactive refresh at a random moment 60-180 s before expiry (oauth2 tokens that expire)."""
-    due = [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
-           if s.authentication_method == "oauth2" and s.expires_at is not None and s.status != "deleted"]
+    """Due for a proactive refresh at a random moment 60-180 s before expiry (oauth2 tokens that
+    expire); accounts still connecting are due at once, for their health check."""
+    due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
+    due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
+            if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
     if due:
         await uow.pool.execute(
             "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"

@@ -22,7 +22,7 @@ from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
 from service.domain import integration as integration_domain
 from service.domain.account import AccountState
-from service.domain.commands import Credentials, RecordRefreshFailure, RecordTokenRefresh
+from service.domain.commands import Credentials, RecordRefreshFailure, RecordTokenRefresh, RecordValidation
 from service.domain.identity import account_stream, integration_stream
 from service.handlers.accounts import current_credentials, load_existing_account, schedule_accounts
 from service.handlers.repositories import load_integration
@@ -189,6 +189,43 @@ class Refresher:
         elif error.failure_class == "invalid_grant":
             await uow.pool.execute("DELETE FROM refresh_schedule WHERE account_id = $1", state.account_id)
         return new_state
+
+
+async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountState:
+    """The health check: the integration's lightweight call (its health_check URL, else the client's
+    userinfo URL) with the account's access token, refreshing first when it has expired, so a dead
+    token is found now rather than days later. Records AccountValidated or ValidationFailed."""
+    uow = refresher.uow
+    state = await refresher.ensure_fresh(account_id)
+    if state.status in ("needs_reauth", "deleted"):
+        return state
+    integration = await load_integration(uow.store, state.environment, state.integration)
+    url = (integration.health_check or {}).get("url") or (integration.oauth_client or {}).get("userinfo_url")
+    ok, reason = True, None
+    if url and state.authentication_method == "oauth2":
+        config = await oauth_config(uow, state.environment, state.integration)
+        secrets = await current_credentials(uow, account_id)
+        try:
+            await refresher.oauth.userinfo(config, secrets["access_token"], url)
+        except OAuthError as error:
+            if error.failure_class in ("transient", "network"):
+                raise  # says nothing about the account; the next round tries again
+            ok, reason = False, f"health check refused: {error.failure_class} (http {error.http_status})"
+    command = RecordValidation(account_id=account_id, ok=ok, reason=reason)
+    for _ in range(5):
+        events = account_domain.decide(state, command, uow.clock())
+        if not events:
+            return state
+        new_state = account_domain.fold(state, events)
+        try:
+            await uow.store.append(account_stream(account_id), [uow.new_event(e, uow.clock()) for e in events],
+                                   state.version, snapshot=snapshot_of(new_state))
+        except ConcurrencyError:
+            state = await load_existing_account(uow, account_id)
+            continue
+        await schedule_after(uow, new_state)
+        return new_state
+    raise ConcurrencyError(account_stream(account_id), state.version, -1)
 
 
 def _needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:

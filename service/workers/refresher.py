@@ -5,8 +5,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from service.handlers.accounts import AccountNotFound
-from service.handlers.tokens import NotRefreshable, RefreshInProgress, Refresher
+from service.handlers.accounts import AccountNotFound, load_existing_account
+from service.handlers.tokens import NotRefreshable, RefreshInProgress, Refresher, validate
+from service.oauth.errors import OAuthError
 
 log = logging.getLogger("linkledger.refresher")
 
@@ -37,9 +38,15 @@ async def refresh_due_once(refresher: Refresher, *, limit: int = 100, concurrenc
     async def one(account_id) -> None:
         async with gate:
             try:
-                await refresher.refresh(account_id)
+                state = await load_existing_account(refresher.uow, account_id)
+                if state.status == "connecting":
+                    await validate(refresher, account_id)
+                else:
+                    await refresher.refresh(account_id)
             except RefreshInProgress:
                 pass  # an on-demand refresh elsewhere has it
+            except OAuthError:
+                pass  # a provider hiccup during a health check: claimed rows come back due later
             except (NotRefreshable, AccountNotFound):
                 await refresher.uow.pool.execute("DELETE FROM refresh_schedule WHERE account_id = $1", account_id)
             except Exception:

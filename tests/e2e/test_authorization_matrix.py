@@ -57,6 +57,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/accounts/{id}"): Route(READERS, "account"),
     ("DELETE", "/v1/accounts/{id}"): Route(frozenset({"admin"}), "account"),
     ("GET", "/v1/accounts/{id}/token"): Route(frozenset({"service", "admin"}), "account"),
+    ("POST", "/v1/accounts/{id}/refresh"): Route(WRITERS, "account"),
+    ("POST", "/v1/accounts/{id}/validate"): Route(WRITERS, "account"),
     ("GET", "/healthz"): Route(ALL, "open"),
     ("GET", "/readyz"): Route(ALL, "open"),
     ("GET", "/openapi.json"): Route(ALL, "open"),
@@ -211,6 +213,14 @@ async def _delete(w: World, env: str, headers: dict, tag: str, *, fresh: bool = 
     return await w.client.delete(f"/v1/accounts/{account_id}", headers=headers)
 
 
+async def _force_refresh(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/accounts/{w.accounts[env]}/refresh", headers=headers)
+
+
+async def _force_validate(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/accounts/{w.accounts[env]}/validate", headers=headers)
+
+
 def _open(path: str) -> Send:
     async def send(w: World, env: str, headers: dict, tag: str):
         return await w.client.get(path, headers=headers)
@@ -226,6 +236,8 @@ SENDERS: dict[tuple[str, str], Send] = {
     ("GET", "/v1/accounts/{id}"): _detail,
     ("DELETE", "/v1/accounts/{id}"): _delete,
     ("GET", "/v1/accounts/{id}/token"): _token,
+    ("POST", "/v1/accounts/{id}/refresh"): _force_refresh,
+    ("POST", "/v1/accounts/{id}/validate"): _force_validate,
     **{("GET", path): _open(path) for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")},
 }
 
