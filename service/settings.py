@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     audit_key: str | None = Field(None, description="base64 32-byte HMAC key for token fingerprints (stable across key rotations)")
     refresh_worker: bool = Field(True, description="run the proactive refresh worker in this process")
     oauth_timeout_seconds: float = Field(10.0, gt=0, le=120, description="timeout of every call to a provider")
+    clock_rate: float = Field(1.0, gt=0, le=10000, description="tests and benchmarks only: run time this many times as fast")
+    clock_epoch: float | None = Field(None, description="tests and benchmarks only: Unix time at which the fast clock equals real time")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

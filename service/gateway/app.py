@@ -8,6 +8,7 @@ from aiohttp import web
 
 from events.database import create_pool
 from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
+from service.clock import clock_from_settings
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
@@ -27,7 +28,7 @@ async def _postgres(app: web.Application):
     settings = app[SETTINGS]
     pool = await create_pool(settings.database_url, role=settings.database_role or None, max_size=settings.pool_size)
     app[POOL] = pool
-    uow = bootstrap(settings, pool)
+    uow = bootstrap(settings, pool, clock=clock_from_settings(settings))
     app[UOW] = uow
     app[EVENT_STORE] = uow.store
     yield
@@ -44,7 +45,8 @@ async def _nats(app: web.Application):
 
 async def _refresher(app: web.Application):
     session = aiohttp.ClientSession(headers={"User-Agent": "linkledger"})
-    app[REFRESHER] = Refresher(app[UOW], OAuthClient(session, timeout=app[SETTINGS].oauth_timeout_seconds))
+    app[REFRESHER] = Refresher(app[UOW], OAuthClient(session, timeout=app[SETTINGS].oauth_timeout_seconds,
+                                                     clock=app[UOW].clock))
     yield
     await session.close()
 
