@@ -12,9 +12,10 @@ from service.clock import clock_from_settings
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import EVENT_STORE, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, EVENT_STORE, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
+from service.workers.access_log import AccessRecorder, run_access_flusher
 from service.workers.refresher import run_refresh_worker
 from service.gateway.metrics import Metrics, metrics_middleware
 from service.natslink import NatsLink
@@ -59,6 +60,15 @@ async def _refresh_worker(app: web.Application):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _access_log(app: web.Application):
+    recorder = AccessRecorder(app[UOW])
+    app[ACCESS_RECORDER] = recorder
+    task = asyncio.create_task(run_access_flusher(recorder))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -80,7 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _digest_worker])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
         app.add_routes(module.routes)
     return app

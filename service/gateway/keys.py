@@ -7,6 +7,7 @@ from events.store import PostgresEventStore
 from service.gateway.metrics import Metrics
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
+from service.workers.access_log import AccessRecorder
 from service.natslink import NatsLink
 from service.settings import Settings
 
@@ -17,3 +18,4 @@ EVENT_STORE = web.AppKey("event_store", PostgresEventStore)
 UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
+ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)

@@ -16,7 +16,7 @@ from service.domain.errors import UnknownIntegration
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.errors import problem
-from service.gateway.keys import METRICS, POOL, REFRESHER, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, REFRESHER, UOW
 from service.gateway.views import account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
@@ -193,6 +193,7 @@ async def get_token(request: web.Request) -> web.Response:
         "status": state.status,
     }
     body.update({k: v for k, v in secrets.items() if k in ("access_token", "api_key", "username", "password")})
+    request.app[ACCESS_RECORDER].record(api_key(request).key_id, state.account_id, request.app[UOW].clock())
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -1,0 +1,34 @@
+"""Token reads are audited in batches: one CredentialsAccessed per key, account and minute."""
+
+import json
+
+import asyncpg
+
+from service.gateway.keys import ACCESS_RECORDER
+from tests.e2e.test_import_export import INTEGRATION, truto_record
+
+
+async def test_token_reads_are_recorded_as_batched_credentials_accessed_events(gateway):
+    admin = await gateway.headers("admin")
+    reader_a = await gateway.headers("service", "prod")
+    reader_b = await gateway.headers("service", "prod")
+    await gateway.client.put("/v1/environments/prod/integrations/salesforce", json=INTEGRATION, headers=admin)
+    account = (await (await gateway.client.post("/v1/environments/prod/accounts", json=truto_record(1),
+                                                headers=admin)).json())["account"]["id"]
+    for headers, reads in ((reader_a, 7), (reader_b, 3)):
+        for _ in range(reads):
+            assert (await gateway.client.get(f"/v1/accounts/{account}/token", headers=headers)).status == 200
+    conn = await asyncpg.connect(gateway.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'CredentialsAccessed'") == 0, \
+            "a token read appended on the hot path"
+        written = await gateway.client.app[ACCESS_RECORDER].flush()
+        rows = await conn.fetch("SELECT data, actor FROM events WHERE type = 'CredentialsAccessed'")
+    finally:
+        await conn.close()
+    assert written == len(rows)
+    counts = sorted(json.loads(r["data"])["count"] for r in rows)
+    assert sum(counts) == 10 and len(rows) in (2, 3, 4)  # one per key and minute (a minute may turn over)
+    assert {json.loads(r["data"])["accessor"] for r in rows} == {
+        k["Authorization"].split("_")[2] + "_" + k["Authorization"].split("_")[3] for k in (reader_a, reader_b)}
+    assert all(r["actor"] == "system:access-log" for r in rows)
