@@ -2,6 +2,8 @@
 
 import logging
 
+import asyncpg
+
 from aiohttp import web
 
 from events.errors import ConcurrencyError, InvalidEventError
@@ -68,6 +70,13 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         return problem(409, "Conflict", str(exc), type_="concurrency", actual_version=exc.actual_version)
     except InvalidEventError as exc:
         return problem(422, "Unprocessable Content", str(exc), type_="invalid-event")
+    except (asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+            ConnectionError, OSError) as exc:
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        response = problem(503, "Service Unavailable", "the database is not accepting connections right now",
+                           type_="database-unavailable")
+        response.headers["Retry-After"] = "1"
+        return response
     except Exception:
         # The cause goes to the log under a reference; the caller gets the reference only.
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -10,7 +10,6 @@ from typing import Any, AsyncIterator, Literal
 
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
-from events.errors import ConcurrencyError
 from service.crypto.datakeys import KeyShreddedError
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
@@ -21,10 +20,10 @@ from service.domain.identity import account_id_for, account_stream
 from service.domain.integration import IntegrationState
 from service.handlers.import_profiles import ParsedRecord, export_record
 from service.handlers.repositories import load_account, load_integration
+from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork, snapshot_of
 
 Outcome = Literal["imported", "updated", "unchanged"]
-_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -79,22 +78,29 @@ async def import_account(
     if integration is None:
         integration = await load_integration(uow.store, cmd.environment, cmd.integration)
     fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
-    for _ in range(_ATTEMPTS):
-        state = await load_account(uow.store, account_id)
-        now = uow.clock()
-        events = account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
-        if not events:
-            return ImportOutcome(account_id, "unchanged", state)
+    before: dict[str, AccountState] = {}
+
+    async def load() -> AccountState:
+        before["state"] = await load_account(uow.store, account_id)
+        return before["state"]
+
+    def decide(state: AccountState, now: datetime):
+        return account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
+
+    data_key = None
+
+    def encode(events, now):
+        return _to_new_events(uow, stream, events, now, cmd, data_key)
+
+    state = await load()
+    if decide(state, uow.clock()):
         data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
-        new_state = account_domain.fold(state, events)
-        try:
-            await uow.store.append(stream, _to_new_events(uow, stream, events, now, cmd, data_key), state.version,
-                                   snapshot=snapshot_of(new_state))
-        except ConcurrencyError:
-            continue
-        await schedule_accounts(uow, [new_state])
-        return ImportOutcome(account_id, "imported" if state.status is None else "updated", new_state)
-    raise ConcurrencyError(stream, state.version, -1)
+    new_state, events = await decide_and_append(uow, stream, load=load, decide=decide, evolve=account_domain.evolve,
+                                                encode=encode, initial=state)
+    if not events:
+        return ImportOutcome(account_id, "unchanged", new_state)
+    await schedule_accounts(uow, [new_state])
+    return ImportOutcome(account_id, "imported" if before["state"].status is None else "updated", new_state)
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -230,12 +236,15 @@ async def load_existing_account(uow: UnitOfWork, account_id: uuid.UUID) -> Accou
     return state
 
 
-async def _record(uow: UnitOfWork, state: AccountState, events) -> AccountState:
-    now = uow.clock()
-    new_state = account_domain.fold(state, events)
-    await uow.store.append(account_stream(state.account_id), [uow.new_event(e, now) for e in events], state.version,
-                           snapshot=snapshot_of(new_state))
-    return new_state
+async def record_account_command(uow: UnitOfWork, account_id: uuid.UUID, command, **context) -> AccountState:
+    """Decide `command` against the account and append what it produces (retrying on conflicts)."""
+    state, _ = await decide_and_append(
+        uow, account_stream(account_id),
+        load=lambda: load_existing_account(uow, account_id),
+        decide=lambda state, now: account_domain.decide(state, command, now, **context),
+        evolve=account_domain.evolve,
+    )
+    return state
 
 
 async def export_accounts(
@@ -258,16 +267,7 @@ async def export_accounts(
             state = AccountState.model_validate_json(row["snapshot"]) if isinstance(row["snapshot"], str) \
                 else AccountState.model_validate(row["snapshot"])
             secrets = await current_credentials(uow, state.account_id)
-            for _ in range(_ATTEMPTS):
-                current = await load_account(uow.store, state.account_id)
-                try:
-                    await _record(uow, current, account_domain.decide(current, ExportTokens(
-                        account_id=state.account_id, purpose=purpose), uow.clock()))
-                    break
-                except ConcurrencyError:
-                    continue
-            else:
-                raise ConcurrencyError(account_stream(state.account_id), current.version, -1)
+            await record_account_command(uow, state.account_id, ExportTokens(account_id=state.account_id, purpose=purpose))
             yield export_record(
                 integration=state.integration, tenant_id=state.tenant_id,
                 authentication_method=state.authentication_method, external_ref=state.external_ref,
@@ -281,15 +281,9 @@ async def delete_account(cmd: DeleteAccount, uow: UnitOfWork) -> AccountState:
     go. The key goes first, so a crash in between never leaves a deleted account's secrets readable;
     a retry records the event."""
     stream = account_stream(cmd.account_id)
-    for _ in range(_ATTEMPTS):
-        state = await load_existing_account(uow, cmd.account_id)
-        row = await uow.pool.fetchrow("SELECT key_id FROM data_keys WHERE owner = $1", stream)
-        events = account_domain.decide(state, cmd, uow.clock(), data_key_id=row["key_id"] if row else "none")
-        if not events:
-            return state
-        await uow.data_keys.shred(stream)
-        try:
-            return await _record(uow, state, events)
-        except ConcurrencyError:
-            continue
-    raise ConcurrencyError(stream, state.version, -1)
+    state = await load_existing_account(uow, cmd.account_id)
+    if state.status == "deleted":
+        return state
+    row = await uow.pool.fetchrow("SELECT key_id FROM data_keys WHERE owner = $1", stream)
+    await uow.data_keys.shred(stream)
+    return await record_account_command(uow, cmd.account_id, cmd, data_key_id=row["key_id"] if row else "none")

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 
 from events.catalog.account import TokenRefreshed
 from events.envelope import uuid7
-from events.errors import ConcurrencyError
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
 from service.domain import integration as integration_domain
@@ -26,13 +25,15 @@ from service.domain.commands import Credentials, RecordRefreshFailure, RecordTok
 from service.domain.identity import account_stream, integration_stream
 from service.handlers.accounts import current_credentials, load_existing_account, schedule_accounts
 from service.handlers.repositories import load_integration
-from service.handlers.uow import UnitOfWork, snapshot_of
+from service.handlers.commit import decide_and_append
+from service.handlers.uow import UnitOfWork
 from service.oauth.client import OAuthClient, OAuthClientConfig
 from service.oauth.errors import OAuthError
 
 log = logging.getLogger("linkledger.refresh")
 
 ON_DEMAND_MARGIN = timedelta(seconds=30)
+PROACTIVE_MARGIN = timedelta(seconds=180 + 60)  # the latest a token is due (180 s), plus slack for a late worker
 LEASE_SECONDS = 30
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 15 * 60.0
 SLOW_RETRY = 30 * 60.0  # accounts in needs_reauth (refresh_unavailable) keep being tried, slowly
@@ -55,15 +56,19 @@ class Refresher:
     holder: str = field(default_factory=lambda: f"proc-{uuid.uuid4().hex[:12]}")
     _in_flight: dict[uuid.UUID, asyncio.Future] = field(default_factory=dict)
 
-    async def refresh(self, account_id: uuid.UUID) -> AccountState:
-        """Refresh now (or join the refresh already running in this process)."""
+    async def refresh(self, account_id: uuid.UUID, *, if_expiring_within: timedelta | None = None) -> AccountState:
+        """Refresh now (or join the refresh already running in this process).
+
+        if_expiring_within: refresh only if, once the lease is held, the token still expires within
+        this margin: whoever held the lease before may have just refreshed it. None forces a refresh.
+        """
         running = self._in_flight.get(account_id)
         if running is not None:
             return await asyncio.shield(running)
         future = asyncio.get_running_loop().create_future()
         self._in_flight[account_id] = future
         try:
-            state = await self._refresh_under_lease(account_id)
+            state = await self._refresh_under_lease(account_id, if_expiring_within)
             future.set_result(state)
             return state
         except BaseException as exc:
@@ -83,13 +88,13 @@ class Refresher:
             if not _needs_refresh(state, self.uow.clock(), margin):
                 return state
             try:
-                return await self.refresh(account_id)
+                return await self.refresh(account_id, if_expiring_within=margin)
             except RefreshInProgress:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
 
-    async def _refresh_under_lease(self, account_id: uuid.UUID) -> AccountState:
+    async def _refresh_under_lease(self, account_id: uuid.UUID, if_expiring_within: timedelta | None) -> AccountState:
         pool = self.uow.pool
         now = self.uow.clock()
         taken = await pool.fetchval(
@@ -101,6 +106,10 @@ class Refresher:
         if taken is None:
             raise RefreshInProgress(str(account_id))
         try:
+            if if_expiring_within is not None:
+                state = await load_existing_account(self.uow, account_id)
+                if not _needs_refresh(state, self.uow.clock(), if_expiring_within):
+                    return state  # refreshed meanwhile by the lease's previous holder
             return await self._refresh_once(account_id)
         finally:
             await pool.execute("DELETE FROM refresh_leases WHERE account_id = $1 AND holder = $2", account_id, self.holder)
@@ -132,31 +141,29 @@ class Refresher:
         command = RecordTokenRefresh(account_id=account_id, credentials=credentials, expires_at=tokens.expires_at,
                                      scopes=tokens.scopes)
         fingerprints = uow.fingerprinter.fingerprints(credentials.plaintext())
-        # The new tokens must be persisted whatever else happened to the stream meanwhile: a rotated
-        # refresh token exists nowhere else. So on a version conflict, decide again and re-append.
-        for _ in range(10):
-            now = uow.clock()
-            events = account_domain.decide(state, command, now, fingerprints=fingerprints)
-            data_key = await uow.data_keys.get(account_stream(account_id))
-            new_events = []
+        stream = account_stream(account_id)
+        data_key = await uow.data_keys.get(stream)
+
+        def encode(events, now):
+            out = []
             for event in events:
                 if isinstance(event, TokenRefreshed):
                     event_id = uuid7()
-                    stream = account_stream(account_id)
                     ciphertext = encrypt(data_key.key, credentials.plaintext(), event_aad(stream, event_id))
-                    new_events.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
+                    out.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
                 else:
-                    new_events.append(uow.new_event(event, now))
-            new_state = account_domain.fold(state, events)
-            try:
-                await uow.store.append(account_stream(account_id), new_events, state.version,
-                                       snapshot=snapshot_of(new_state))
-            except ConcurrencyError:
-                state = await load_existing_account(uow, account_id)
-                continue
-            await schedule_after(uow, new_state)
-            return new_state
-        raise ConcurrencyError(account_stream(account_id), state.version, -1)
+                    out.append(uow.new_event(event, now))
+            return out
+
+        # The new tokens must be persisted whatever else happened to the stream meanwhile: a rotated
+        # refresh token exists nowhere else. So on a version conflict, decide again and re-append.
+        new_state, _ = await decide_and_append(
+            uow, stream, load=lambda: load_existing_account(uow, account_id),
+            decide=lambda state, now: account_domain.decide(state, command, now, fingerprints=fingerprints),
+            evolve=account_domain.evolve, encode=encode, initial=state,
+        )
+        await schedule_after(uow, new_state)
+        return new_state
 
     async def _record_failure(self, state: AccountState, error: OAuthError) -> AccountState:
         uow = self.uow
@@ -168,17 +175,11 @@ class Refresher:
             provider_error=error.provider_error, attempt=attempt,
             retry_at=retry_at if error.failure_class in ("transient", "network") else None,
         )
-        for _ in range(10):
-            events = account_domain.decide(state, command, uow.clock())
-            new_state = account_domain.fold(state, events)
-            try:
-                await uow.store.append(account_stream(state.account_id), [uow.new_event(e, uow.clock()) for e in events],
-                                       state.version, snapshot=snapshot_of(new_state))
-                break
-            except ConcurrencyError:
-                state = await load_existing_account(uow, state.account_id)
-        else:
-            raise ConcurrencyError(account_stream(state.account_id), state.version, -1)
+        new_state, _ = await decide_and_append(
+            uow, account_stream(state.account_id), load=lambda: load_existing_account(uow, state.account_id),
+            decide=lambda current, at: account_domain.decide(current, command, at),
+            evolve=account_domain.evolve, initial=state,
+        )
         if error.failure_class == "invalid_client":
             await flag_integration(uow, new_state.environment, new_state.integration, error)
         log.info("refresh of %s failed: %s (http %s, attempt %s)", state.account_id, error.failure_class,
@@ -212,20 +213,14 @@ async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountStat
                 raise  # says nothing about the account; the next round tries again
             ok, reason = False, f"health check refused: {error.failure_class} (http {error.http_status})"
     command = RecordValidation(account_id=account_id, ok=ok, reason=reason)
-    for _ in range(5):
-        events = account_domain.decide(state, command, uow.clock())
-        if not events:
-            return state
-        new_state = account_domain.fold(state, events)
-        try:
-            await uow.store.append(account_stream(account_id), [uow.new_event(e, uow.clock()) for e in events],
-                                   state.version, snapshot=snapshot_of(new_state))
-        except ConcurrencyError:
-            state = await load_existing_account(uow, account_id)
-            continue
+    new_state, events = await decide_and_append(
+        uow, account_stream(account_id), load=lambda: load_existing_account(uow, account_id),
+        decide=lambda current, now: account_domain.decide(current, command, now),
+        evolve=account_domain.evolve, initial=state,
+    )
+    if events:
         await schedule_after(uow, new_state)
-        return new_state
-    raise ConcurrencyError(account_stream(account_id), state.version, -1)
+    return new_state
 
 
 def _needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
@@ -263,23 +258,15 @@ async def oauth_config(uow: UnitOfWork, environment: str, integration: str) -> O
 
 async def flag_integration(uow: UnitOfWork, environment: str, integration: str, error: OAuthError) -> None:
     """invalid_client is the OAuth app's fault, not the account's: flag the integration once."""
-    stream = integration_stream(environment, integration)
-    for _ in range(5):
-        state = await load_integration(uow.store, environment, integration)
-        events = integration_domain.flag(state, "invalid_client", error.provider_error)
-        if not events:
-            return
-        new_state = state
-        for event in events:
-            new_state = integration_domain.evolve(new_state, event)
-        try:
-            await uow.store.append(stream, [uow.new_event(e, uow.clock()) for e in events], state.version,
-                                   snapshot=snapshot_of(new_state))
-            log.warning("integration %s in %s flagged: the OAuth client is refused by the provider (%s)",
-                        integration, environment, error.provider_error or error.http_status)
-            return
-        except ConcurrencyError:
-            continue
+    _, events = await decide_and_append(
+        uow, integration_stream(environment, integration),
+        load=lambda: load_integration(uow.store, environment, integration),
+        decide=lambda state, now: integration_domain.flag(state, "invalid_client", error.provider_error),
+        evolve=integration_domain.evolve,
+    )
+    if events:
+        log.warning("integration %s in %s flagged: the OAuth client is refused by the provider (%s)",
+                    integration, environment, error.provider_error or error.http_status)
 
 
 async def set_due(uow: UnitOfWork, account_id: uuid.UUID, due_at: datetime, attempt: int = 0) -> None:

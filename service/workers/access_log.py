@@ -9,13 +9,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from events.errors import ConcurrencyError
 from service.domain import account as account_domain
 from service.domain.commands import RecordCredentialsAccess
 from service.domain.errors import DomainError
 from service.domain.identity import account_stream
 from service.handlers.accounts import AccountNotFound, load_existing_account
-from service.handlers.uow import UnitOfWork, snapshot_of
+from service.handlers.commit import decide_and_append
+from service.handlers.uow import UnitOfWork
 
 log = logging.getLogger("linkledger.access")
 
@@ -64,19 +64,14 @@ class AccessRecorder:
         uow = self._uow
         command = RecordCredentialsAccess(account_id=account_id, accessor=key_id, count=tally.count,
                                           first_at=tally.first_at, last_at=tally.last_at)
-        for _ in range(10):
-            try:
-                state = await load_existing_account(uow, account_id)
-                events = account_domain.decide(state, command, uow.clock())
-            except (AccountNotFound, DomainError):
-                return False  # deleted meanwhile: nothing to attach the reads to
-            try:
-                await uow.store.append(account_stream(account_id), [uow.new_event(e, uow.clock()) for e in events],
-                                       state.version, snapshot=snapshot_of(account_domain.fold(state, events)))
-                return True
-            except ConcurrencyError:
-                continue
-        raise ConcurrencyError(account_stream(account_id), -1, -1)
+        try:
+            _, events = await decide_and_append(
+                uow, account_stream(account_id), load=lambda: load_existing_account(uow, account_id),
+                decide=lambda state, now: account_domain.decide(state, command, now), evolve=account_domain.evolve,
+            )
+        except (AccountNotFound, DomainError):
+            return False  # deleted meanwhile: nothing to attach the reads to
+        return bool(events)
 
 
 async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0) -> None:

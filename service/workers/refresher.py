@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 
 from service.handlers.accounts import AccountNotFound, load_existing_account
-from service.handlers.tokens import NotRefreshable, RefreshInProgress, Refresher, validate
+from service.handlers.tokens import PROACTIVE_MARGIN, NotRefreshable, RefreshInProgress, Refresher, validate
 from service.oauth.errors import OAuthError
 
 log = logging.getLogger("linkledger.refresher")
@@ -42,7 +42,7 @@ async def refresh_due_once(refresher: Refresher, *, limit: int = 100, concurrenc
                 if state.status == "connecting":
                     await validate(refresher, account_id)
                 else:
-                    await refresher.refresh(account_id)
+                    await refresher.refresh(account_id, if_expiring_within=PROACTIVE_MARGIN)
             except RefreshInProgress:
                 pass  # an on-demand refresh elsewhere has it
             except OAuthError:

@@ -79,7 +79,7 @@ async def test_100_concurrent_reads_over_3_instances_refresh_once(world, databas
     apps = []
     for _ in range(3):  # three gateways, each its own pool and single-flight table, one database
         settings = gateway_settings(database_url, servers.nats_url, keyring=world.settings.keyring,
-                                    audit_key=world.settings.audit_key)
+                                    audit_key=world.settings.audit_key, pool_size=8)
         client = TestClient(TestServer(create_app(settings)))
         await client.start_server()
         apps.append(client)
