@@ -382,7 +382,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command", "schedule": "schedule"}
+BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
