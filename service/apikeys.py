@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,21 +62,39 @@ async def create_key(
     return IssuedKey(ApiKey(key_id, role, tuple(environments), name), secret)
 
 
+# Authenticated keys are remembered briefly, so a token read costs no extra query; a revocation
+# takes effect at once in the revoking process and within this many seconds everywhere else.
+CACHE_SECONDS = 10.0
+_CACHE_SIZE = 10_000
+_cache: dict[bytes, tuple[ApiKey, float]] = {}
+
+
 async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
     """The key a bearer secret belongs to, or None (unknown, malformed or revoked)."""
     if not secret or _public_id(secret) is None:
         return None
+    digest = _hash(secret)
+    cached = _cache.get(digest)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
     row = await pool.fetchrow(
         "SELECT key_id, role, environments, name FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
-        _hash(secret),
+        digest,
     )
     if row is None:
+        _cache.pop(digest, None)
         return None
-    return ApiKey(row["key_id"], row["role"], tuple(row["environments"]), row["name"])
+    key = ApiKey(row["key_id"], row["role"], tuple(row["environments"]), row["name"])
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.clear()
+    _cache[digest] = (key, time.monotonic() + CACHE_SECONDS)
+    return key
 
 
 async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> bool:
     status = await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id)
+    for digest in [d for d, (key, _) in _cache.items() if key.key_id == key_id]:
+        _cache.pop(digest, None)
     return status.endswith(" 1")
 
 

@@ -382,7 +382,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command"}
+BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command", "schedule": "schedule",
+              "token-read": "token_read", "refresh": "refresh"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

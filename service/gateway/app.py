@@ -49,6 +49,8 @@ async def _refresher(app: web.Application):
     app[REFRESHER] = Refresher(app[UOW], OAuthClient(session, timeout=app[SETTINGS].oauth_timeout_seconds,
                                                      clock=app[UOW].clock))
     yield
+    # Refreshes in flight finish before the session and pool close: a rotated token must land.
+    await app[REFRESHER].drain(timeout=app[SETTINGS].oauth_timeout_seconds + 10)
     await session.close()
 
 

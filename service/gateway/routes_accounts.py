@@ -20,7 +20,7 @@ from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, REFRESHER, UOW
 from service.gateway.views import account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
-    load_existing_account,
+    load_existing_account, read_for_token,
 )
 from service.handlers.import_profiles import PROFILES, parse_import, to_command
 from service.handlers.tokens import validate
@@ -169,21 +169,25 @@ async def get_account(request: web.Request) -> web.Response:
 @routes.get("/v1/accounts/{id}/token")
 @requires("service", "admin")
 async def get_token(request: web.Request) -> web.Response:
-    state = await _scoped_account(request)
-    if state.status == "deleted":
-        raise AccountNotFound(f"account {state.account_id} was deleted", field="account_id")
+    uow = request.app[UOW]
+    state, secrets = await read_for_token(uow, _account_id(request))
+    if not api_key(request).may_access(state.environment) or state.status == "deleted":
+        raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
     # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).
-    state = await request.app[REFRESHER].ensure_fresh(state.account_id)
+    fresh = await request.app[REFRESHER].ensure_fresh(state.account_id, state=state)
+    if fresh is not state:
+        state, secrets = fresh, None
     if state.status == "needs_reauth":
         return problem(409, "Conflict", f"the account needs re-authentication ({state.status_reason or 'unknown'})",
                        type_="needs-reauth", status_of_account=state.status, reason=state.status_reason)
-    if state.expires_at is not None and state.expires_at <= request.app[UOW].clock():
+    if state.expires_at is not None and state.expires_at <= uow.clock():
         response = problem(503, "Service Unavailable", "the access token has expired and the provider could not "
                            "refresh it yet; linkledger keeps retrying", type_="provider-unavailable",
                            status_of_account=state.status)
         response.headers["Retry-After"] = "5"
         return response
-    secrets = await current_credentials(request.app[UOW], state.account_id)
+    if secrets is None:
+        secrets = await current_credentials(uow, state.account_id)
     body = {
         "account_id": str(state.account_id),
         "authentication_method": state.authentication_method,
@@ -193,7 +197,7 @@ async def get_token(request: web.Request) -> web.Response:
         "status": state.status,
     }
     body.update({k: v for k, v in secrets.items() if k in ("access_token", "api_key", "username", "password")})
-    request.app[ACCESS_RECORDER].record(api_key(request).key_id, state.account_id, request.app[UOW].clock())
+    request.app[ACCESS_RECORDER].record(api_key(request).key_id, state.account_id, uow.clock())
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -23,7 +23,7 @@ from service.domain import integration as integration_domain
 from service.domain.account import AccountState
 from service.domain.commands import Credentials, RecordRefreshFailure, RecordTokenRefresh, RecordValidation
 from service.domain.identity import account_stream, integration_stream
-from service.handlers.accounts import current_credentials, load_existing_account, schedule_accounts
+from service.handlers.accounts import current_credentials, load_existing_account, read_for_token, schedule_accounts
 from service.handlers.repositories import load_integration
 from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork
@@ -34,8 +34,9 @@ log = logging.getLogger("linkledger.refresh")
 
 ON_DEMAND_MARGIN = timedelta(seconds=30)
 PROACTIVE_MARGIN = timedelta(seconds=180 + 60)  # the latest a token is due (180 s), plus slack for a late worker
-LEASE_SECONDS = 30
+LEASE_SECONDS = 30  # real seconds: longer than a provider call (its timeout) plus the append
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 15 * 60.0
+CONFIG_SECONDS = 30.0  # how long a process reuses an integration's decrypted OAuth client
 SLOW_RETRY = 30 * 60.0  # accounts in needs_reauth (refresh_unavailable) keep being tried, slowly
 
 
@@ -54,7 +55,8 @@ class Refresher:
     uow: UnitOfWork
     oauth: OAuthClient
     holder: str = field(default_factory=lambda: f"proc-{uuid.uuid4().hex[:12]}")
-    _in_flight: dict[uuid.UUID, asyncio.Future] = field(default_factory=dict)
+    _in_flight: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
+    _configs: dict[tuple[str, str], tuple[OAuthClientConfig, float]] = field(default_factory=dict)
 
     async def refresh(self, account_id: uuid.UUID, *, if_expiring_within: timedelta | None = None) -> AccountState:
         """Refresh now (or join the refresh already running in this process).
@@ -62,29 +64,40 @@ class Refresher:
         if_expiring_within: refresh only if, once the lease is held, the token still expires within
         this margin: whoever held the lease before may have just refreshed it. None forces a refresh.
         """
-        running = self._in_flight.get(account_id)
-        if running is not None:
-            return await asyncio.shield(running)
-        future = asyncio.get_running_loop().create_future()
-        self._in_flight[account_id] = future
-        try:
-            state = await self._refresh_under_lease(account_id, if_expiring_within)
-            future.set_result(state)
-            return state
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: joiners re-raise it themselves
-            raise
-        finally:
-            del self._in_flight[account_id]
+        # The refresh runs as its own task, which no caller's cancellation (a closed HTTP request, a
+        # shutting-down worker) can interrupt between the provider's answer and the append: a
+        # rotated refresh token dropped there would get the grant revoked at the next refresh.
+        task = self._in_flight.get(account_id)
+        if task is None:
+            task = asyncio.create_task(self._refresh_under_lease(account_id, if_expiring_within))
+            self._in_flight[account_id] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(account_id, None))
+        return await asyncio.shield(task)
+
+    async def _config(self, environment: str, integration: str) -> OAuthClientConfig:
+        """The integration's client, cached briefly: a changed client takes effect within CONFIG_SECONDS."""
+        key = (environment, integration)
+        cached = self._configs.get(key)
+        if cached is not None and cached[1] > asyncio.get_running_loop().time():
+            return cached[0]
+        config = await oauth_config(self.uow, environment, integration)
+        self._configs[key] = (config, asyncio.get_running_loop().time() + CONFIG_SECONDS)
+        return config
+
+    async def drain(self, timeout: float) -> None:
+        """Let the refreshes in flight finish (at shutdown), so none is cut in half."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()), timeout=timeout)
 
     async def ensure_fresh(self, account_id: uuid.UUID, *, margin: timedelta = ON_DEMAND_MARGIN,
-                           wait_seconds: float = 15.0) -> AccountState:
+                           wait_seconds: float = 15.0, state: AccountState | None = None) -> AccountState:
         """The account with an access token valid for at least `margin`, refreshing first if needed;
-        when another process is refreshing it, wait for that outcome instead of refreshing twice."""
+        when another process is refreshing it, wait for that outcome instead of refreshing twice.
+        `state`: the account as the caller just loaded it."""
         deadline = asyncio.get_running_loop().time() + wait_seconds
         while True:
-            state = await load_existing_account(self.uow, account_id)
+            if state is None:
+                state = await load_existing_account(self.uow, account_id)
             if not _needs_refresh(state, self.uow.clock(), margin):
                 return state
             try:
@@ -93,37 +106,41 @@ class Refresher:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+            state = None
 
     async def _refresh_under_lease(self, account_id: uuid.UUID, if_expiring_within: timedelta | None) -> AccountState:
         pool = self.uow.pool
-        now = self.uow.clock()
+        # Lease time is the database's real time, not the domain clock (which tests may run fast):
+        # the work under a lease takes real seconds.
         taken = await pool.fetchval(
-            "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES ($1, $2, $3)"
+            "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))"
             " ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE refresh_leases.expires_at < $4 OR refresh_leases.holder = excluded.holder RETURNING holder",
-            account_id, self.holder, now + timedelta(seconds=LEASE_SECONDS), now,
+            " WHERE refresh_leases.expires_at < now() OR refresh_leases.holder = excluded.holder RETURNING holder",
+            account_id, self.holder, float(LEASE_SECONDS),
         )
         if taken is None:
             raise RefreshInProgress(str(account_id))
         try:
-            if if_expiring_within is not None:
-                state = await load_existing_account(self.uow, account_id)
-                if not _needs_refresh(state, self.uow.clock(), if_expiring_within):
-                    return state  # refreshed meanwhile by the lease's previous holder
-            return await self._refresh_once(account_id)
+            state, secrets = await read_for_token(self.uow, account_id)
+            if if_expiring_within is not None and not _needs_refresh(state, self.uow.clock(), if_expiring_within):
+                return state  # refreshed meanwhile by the lease's previous holder
+            return await self._refresh_once(state, secrets)
         finally:
             await pool.execute("DELETE FROM refresh_leases WHERE account_id = $1 AND holder = $2", account_id, self.holder)
 
-    async def _refresh_once(self, account_id: uuid.UUID) -> AccountState:
+    async def _refresh_once(self, state: AccountState, secrets: dict | None) -> AccountState:
         uow = self.uow
-        state = await load_existing_account(uow, account_id)
+        account_id = state.account_id
+        if state.status in (None, "deleted"):
+            raise NotRefreshable(f"account {account_id} does not exist or was deleted")
         if state.authentication_method != "oauth2":
             raise NotRefreshable(f"account {account_id} uses {state.authentication_method}: nothing to refresh")
-        secrets = await current_credentials(uow, account_id)
+        if secrets is None:
+            secrets = await current_credentials(uow, account_id)
         refresh_token = secrets.get("refresh_token")
         if not refresh_token:
             raise NotRefreshable(f"account {account_id} holds no refresh token")
-        config = await oauth_config(uow, state.environment, state.integration)
+        config = await self._config(state.environment, state.integration)
         try:
             tokens = await self.oauth.refresh(config, refresh_token)
         except OAuthError as error:

@@ -49,7 +49,13 @@ class AccessRecorder:
     async def flush(self) -> int:
         """Append what has been counted; returns how many events were written."""
         tallies, self._tallies = self._tallies, {}
-        results = await asyncio.gather(*(self._append(key, account_id, tally)
+        gate = asyncio.Semaphore(4)  # a few connections at most: token reads must not queue behind the audit
+
+        async def bounded(key, account_id, tally):
+            async with gate:
+                return await self._append(key, account_id, tally)
+
+        results = await asyncio.gather(*(bounded(key, account_id, tally)
                                          for (key, account_id, _), tally in tallies.items()), return_exceptions=True)
         written = 0
         for (key, account_id, bucket), result in zip(tallies, results):
