@@ -144,7 +144,7 @@ class _Coalescer:
     `send(payloads)` returns each stream's results, or None for a stream it could not place.
     """
 
-    def __init__(self, send, max_in_flight: int = 4, max_batch: int = 256):
+    def __init__(self, send, max_in_flight: int = 2, max_batch: int = 256):
         self._send_batch = send
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
