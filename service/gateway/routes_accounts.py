@@ -9,6 +9,7 @@ from datetime import datetime
 from aiohttp import web
 
 from events.catalog.base import decode
+from events.hashing import format_instant
 from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
@@ -192,7 +193,7 @@ async def get_token(request: web.Request) -> web.Response:
         "account_id": str(state.account_id),
         "authentication_method": state.authentication_method,
         "token_type": state.token_type,
-        "expires_at": state.model_dump(mode="json")["expires_at"],
+        "expires_at": format_instant(state.expires_at) if state.expires_at else None,
         "context": state.context,
         "status": state.status,
     }

@@ -46,9 +46,16 @@ class AccessRecorder:
     def pending(self) -> int:
         return len(self._tallies)
 
-    async def flush(self) -> int:
-        """Append what has been counted; returns how many events were written."""
-        tallies, self._tallies = self._tallies, {}
+    async def flush(self, *, everything: bool = False) -> int:
+        """Append the tallies of closed buckets (all of them with everything=True, at shutdown), so
+        each key, account and bucket gets one event; returns how many events were written."""
+        if everything:
+            tallies, self._tallies = self._tallies, {}
+        else:
+            current = int(self._uow.clock().timestamp()) // self._bucket
+            tallies = {k: v for k, v in self._tallies.items() if k[2] < current}
+            for key in tallies:
+                del self._tallies[key]
         gate = asyncio.Semaphore(4)  # a few connections at most: token reads must not queue behind the audit
 
         async def bounded(key, account_id, tally):
@@ -88,4 +95,4 @@ async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0) ->
                 await recorder.flush()
     finally:
         if recorder.pending:  # on shutdown: write what was counted
-            await asyncio.shield(recorder.flush())
+            await asyncio.shield(recorder.flush(everything=True))

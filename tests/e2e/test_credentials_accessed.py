@@ -22,7 +22,7 @@ async def test_token_reads_are_recorded_as_batched_credentials_accessed_events(g
     try:
         assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'CredentialsAccessed'") == 0, \
             "a token read appended on the hot path"
-        written = await gateway.client.app[ACCESS_RECORDER].flush()
+        written = await gateway.client.app[ACCESS_RECORDER].flush(everything=True)
         rows = await conn.fetch("SELECT data, actor FROM events WHERE type = 'CredentialsAccessed'")
     finally:
         await conn.close()
@@ -32,3 +32,20 @@ async def test_token_reads_are_recorded_as_batched_credentials_accessed_events(g
     assert {json.loads(r["data"])["accessor"] for r in rows} == {
         k["Authorization"].split("_")[2] + "_" + k["Authorization"].split("_")[3] for k in (reader_a, reader_b)}
     assert all(r["actor"] == "system:access-log" for r in rows)
+
+
+async def test_an_open_minute_is_not_written_until_it_closes(gateway):
+    from datetime import timedelta
+
+    from service.workers.access_log import AccessRecorder
+
+    recorder = AccessRecorder(gateway.client.app[__import__("service.gateway.keys", fromlist=["UOW"]).UOW])
+    import uuid
+
+    now = recorder._uow.clock()
+    recorder.record("key_x", uuid.uuid4(), now)
+    assert await recorder.flush() == 0 and recorder.pending == 1  # the current bucket stays open
+    recorder.record("key_x", uuid.uuid4(), now - timedelta(minutes=2))
+    assert recorder.pending == 2
+    await recorder.flush()  # the closed bucket leaves (its account does not exist: nothing is written)
+    assert recorder.pending == 1
