@@ -67,20 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_signing_key(data_dir: Path | None) -> str:
-    """A ledger signing key for the dev stack, kept with its data when there is a data dir."""
+def _new_signing_key() -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    path = data_dir / "ledger-signing-key" if data_dir else None
-    if path and path.exists():
-        return path.read_text().strip()
     seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    key = base64.urlsafe_b64encode(seed).decode().rstrip("=")
-    if path:
-        path.write_text(key)
-        path.chmod(0o600)
-    return key
+    return base64.urlsafe_b64encode(seed).decode().rstrip("=")
 
 
 def _dev_secret(data_dir: Path | None, name: str, make) -> str:
@@ -125,7 +117,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             database_url=base.database_url or stack.database_url,
             nats_url=base.nats_url or stack.nats_url,
             http_port=args.port if args.port is not None else base.http_port,
-            ledger_signing_key=base.ledger_signing_key or _dev_signing_key(data_dir),
+            ledger_signing_key=base.ledger_signing_key or _dev_secret(data_dir, "ledger-signing-key", _new_signing_key),
             digest_interval_seconds=base.digest_interval_seconds,
             keyring=base.keyring or (None if base.keyring_file else _dev_secret(data_dir, "keyring.json", _new_keyring)),
             keyring_file=base.keyring_file,

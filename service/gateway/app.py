@@ -12,7 +12,7 @@ from service.clock import clock_from_settings
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, EVENT_STORE, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -31,7 +31,6 @@ async def _postgres(app: web.Application):
     app[POOL] = pool
     uow = bootstrap(settings, pool, clock=clock_from_settings(settings))
     app[UOW] = uow
-    app[EVENT_STORE] = uow.store
     yield
     await pool.close()
 

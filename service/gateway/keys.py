@@ -3,7 +3,6 @@
 import asyncpg
 from aiohttp import web
 
-from events.store import PostgresEventStore
 from service.gateway.metrics import Metrics
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
@@ -14,7 +13,6 @@ from service.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS = web.AppKey("nats", NatsLink)
-EVENT_STORE = web.AppKey("event_store", PostgresEventStore)
 UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
