@@ -15,7 +15,7 @@ from events.errors import InvalidEventError
 from events.store import PostgresEventStore
 from service.domain import account as account_domain
 from service.domain import environment as environment_domain
-from service.domain.account import AccountState
+from service.domain.account import SECRET_CONTEXT_KEYS, AccountState
 from service.domain.environment import EnvironmentState
 from service.domain.errors import DomainError, InvalidConfiguration
 from service.domain.identity import account_stream, environment_stream
@@ -47,12 +47,27 @@ class UnconfiguredMethod(AccountNotFound):
 
 
 def check_patch(patch: dict[str, Any], path: str = "") -> None:
-    """A patch the log can hold exactly whose every mapping compiles; raises naming the path."""
+    """A patch the log can hold exactly, holding no secret, whose every mapping compiles; raises
+    naming the path (never the value)."""
     try:
         canonical_json(patch, what=path or "body")
     except InvalidEventError as error:
         raise InvalidConfiguration(str(error), field=path or None) from None
+    _refuse_secrets(patch, path)
     validate_mappings(patch, path)
+
+
+def _refuse_secrets(value: Any, path: str) -> None:
+    """Overrides are stored in clear: a secret-named value there would leak into the log and NATS."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else key
+            if key.lower() in SECRET_CONTEXT_KEYS and item not in (None, ""):
+                raise InvalidConfiguration("secret values belong in the credentials, not in an override", field=here)
+            _refuse_secrets(item, here)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_secrets(item, f"{path}[{index}]")
 
 
 async def load_environment(store: PostgresEventStore, environment: str) -> EnvironmentState:

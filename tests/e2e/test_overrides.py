@@ -290,6 +290,11 @@ async def test_context_changes_are_merge_patches_and_never_take_secrets(gateway)
     before = await api.event_count()
     _, problem = await api.call("PATCH", f"/v1/accounts/{account}", 422, json={"context": {"api_key": "leaky-secret-value"}})
     assert "leaky-secret-value" not in str(problem) and await api.event_count() == before
+    # Overrides are stored in clear: no secret-named value there either.
+    _, problem = await api.call("PATCH", f"/v1/accounts/{account}", 422, json={
+        "integration_override": {"auth": {"client_secret": "leaky-secret-value"}}})
+    assert problem["errors"][0]["field"] == "integration_override.auth.client_secret"
+    assert "leaky-secret-value" not in str(problem) and await api.event_count() == before
     # The service reads the changed context with the token.
     service = await _api(gateway, "service")
     _, token = await service.call("GET", f"/v1/accounts/{account}/token")
