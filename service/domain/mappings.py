@@ -178,7 +178,9 @@ def evaluate(
     """Evaluate against the input object `bindings` (response, query, body, context, step).
     Raises JException (D1012 past the time budget, D1011 past the depth budget) or ValueError."""
     steps = bindings.get("step")
-    document = {name: _with_steps(value, steps) if name != "step" else value for name, value in bindings.items()}
+    document = dict(bindings)
+    if steps is not None:
+        document = {name: value if name == "step" else _with_steps(value, steps) for name, value in bindings.items()}
     frame = compiled.create_frame(compiled.environment)
     # The budget starts now: a Timebox counts from its creation, so each evaluation gets its own.
     frame.set_runtime_bounds(timeout_ms, max_depth)

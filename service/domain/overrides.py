@@ -12,7 +12,6 @@ from typing import Any, Literal
 from events.canonical import canonical_json
 
 Level = Literal["integration", "environment", "account"]
-LEVELS: tuple[Level, ...] = ("integration", "environment", "account")
 
 # The keys of an override document (environment and account level).
 UNIFIED_MODEL_OVERRIDE = "unified_model_override"

@@ -113,7 +113,7 @@ async def put_environment_override(request: web.Request) -> web.Response:
 async def environment_override_history(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     ensure_environment(request, env)
-    history = await override_history(request.app[UOW].store, environment_stream(env), ENVIRONMENT_OVERRIDE_EVENT)
+    history = await override_history(request.app[UOW], environment_stream(env), ENVIRONMENT_OVERRIDE_EVENT)
     return web.json_response({"environment": env, "versions": [entry.as_dict() for entry in history]})
 
 
@@ -144,7 +144,7 @@ async def patch_account(request: web.Request) -> web.Response:
 @requires(*READERS)
 async def account_override_history(request: web.Request) -> web.Response:
     state = await _scoped_account(request, _account_id(request))
-    history = await override_history(request.app[UOW].store, account_stream(state.account_id), ACCOUNT_OVERRIDE_EVENT)
+    history = await override_history(request.app[UOW], account_stream(state.account_id), ACCOUNT_OVERRIDE_EVENT)
     return web.json_response({"account_id": str(state.account_id), "versions": [entry.as_dict() for entry in history]})
 
 

@@ -4,6 +4,7 @@ changes, effective configuration, history and roll-back.
 Every mapping string of a patch is compiled before anything is loaded or appended, so a bad
 expression leaves the log untouched."""
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +22,6 @@ from service.domain.errors import DomainError, InvalidConfiguration
 from service.domain.identity import account_stream, environment_stream
 from service.domain.mappings import validate_mappings
 from service.domain.overrides import (
-    INTEGRATION_OVERRIDE,
-    UNIFIED_MODEL_OVERRIDE,
     diff_patch,
     document_hash,
     effective_method_config,
@@ -33,7 +32,6 @@ from service.handlers.commit import decide_and_append
 from service.handlers.repositories import load_integration
 from service.handlers.uow import UnitOfWork
 
-OVERRIDE_KEYS = (INTEGRATION_OVERRIDE, UNIFIED_MODEL_OVERRIDE)
 ACCOUNT_OVERRIDE_EVENT = "AccountOverrideChanged"
 ENVIRONMENT_OVERRIDE_EVENT = "EnvironmentOverrideChanged"
 
@@ -84,14 +82,20 @@ async def load_environment(store: PostgresEventStore, environment: str) -> Envir
 
 
 async def change_environment_override(
-    uow: UnitOfWork, environment: str, patch: dict[str, Any], *, restored_version: int | None = None
+    uow: UnitOfWork, environment: str, patch: dict[str, Any] | None = None, *,
+    target: dict[str, Any] | None = None, restored_version: int | None = None,
 ) -> tuple[EnvironmentState, bool]:
-    """Apply a merge patch to the environment override; (state, whether an event was appended)."""
-    check_patch(patch)
+    """Apply a merge patch to the environment override, or make it equal `target` (a roll-back);
+    (state, whether an event was appended)."""
+    if patch is not None:
+        check_patch(patch)
 
     def decide(state: EnvironmentState, now: datetime):
-        result = merge_patch(state.override, patch)
-        return environment_domain.change_override(state, patch, document_hash(result), now,
+        # A roll-back's patch is computed against the state being decided on, so a change that
+        # lands meanwhile is undone too: the result is exactly the version restored.
+        change = patch if target is None else diff_patch(state.override, target)
+        result = merge_patch(state.override, change)
+        return environment_domain.change_override(state, change, document_hash(result), now,
                                                   restored_version=restored_version)
 
     state, events = await decide_and_append(
@@ -103,9 +107,11 @@ async def change_environment_override(
 
 async def change_account(
     uow: UnitOfWork, account_id: uuid.UUID, *, override_patch: dict[str, Any] | None = None,
-    context_patch: dict[str, Any] | None = None, restored_version: int | None = None,
+    context_patch: dict[str, Any] | None = None, override_target: dict[str, Any] | None = None,
+    restored_version: int | None = None,
 ) -> tuple[AccountState, bool]:
-    """Apply merge patches to the account override and/or its non-secret context, in one append."""
+    """Apply merge patches to the account override and/or its non-secret context, in one append;
+    `override_target` instead of a patch makes the override equal it (a roll-back)."""
     if override_patch is not None:
         check_patch(override_patch)
     if context_patch is not None:
@@ -116,10 +122,11 @@ async def change_account(
 
     def decide(state: AccountState, now: datetime):
         events = []
-        if override_patch is not None:
-            result = merge_patch(state.override, override_patch)
+        change = override_patch if override_target is None else diff_patch(state.override, override_target)
+        if change is not None:
+            result = merge_patch(state.override, change)
             if result != state.override:
-                events += account_domain.change_override(state, override_patch, document_hash(result), now,
+                events += account_domain.change_override(state, change, document_hash(result), now,
                                                          restored_version=restored_version)
         if context_patch is not None:
             context = merge_patch(state.context, context_patch)
@@ -151,16 +158,19 @@ class OverrideVersion:
         }
 
 
-async def override_history(store: PostgresEventStore, stream: str, event_type: str) -> list[OverrideVersion]:
-    """Every change of a stream's override, oldest first, with the document each one produced."""
+async def override_history(uow: UnitOfWork, stream: str, event_type: str) -> list[OverrideVersion]:
+    """Every change of a stream's override, oldest first, with the document each one produced.
+    Only the override events are read: an account stream is mostly refreshes."""
+    rows = await uow.pool.fetch(
+        "SELECT version, occurred_at, actor, data FROM events WHERE stream_id = $1 AND type = $2 ORDER BY version",
+        stream, event_type,
+    )
     versions, document = [], {}
-    for recorded in await store.read_stream(stream):
-        if recorded.type != event_type:
-            continue
-        data = recorded.data
+    for row in rows:
+        data = json.loads(row["data"])
         document = merge_patch(document, data["merge_patch"])
         versions.append(OverrideVersion(
-            recorded.version, recorded.occurred_at, recorded.actor, data["merge_patch"], data["resulting_hash"],
+            row["version"], row["occurred_at"], row["actor"], data["merge_patch"], data["resulting_hash"],
             data.get("restored_version"), document,
         ))
     return versions
@@ -178,18 +188,15 @@ def _document_at(history: list[OverrideVersion], version: int) -> dict[str, Any]
 
 async def roll_back_environment(uow: UnitOfWork, environment: str, version: int) -> tuple[EnvironmentState, bool]:
     """One new event whose resulting override equals the one as of `version`."""
-    history = await override_history(uow.store, environment_stream(environment), ENVIRONMENT_OVERRIDE_EVENT)
-    target = _document_at(history, version)
-    current = await load_environment(uow.store, environment)
-    return await change_environment_override(uow, environment, diff_patch(current.override, target),
+    history = await override_history(uow, environment_stream(environment), ENVIRONMENT_OVERRIDE_EVENT)
+    return await change_environment_override(uow, environment, target=_document_at(history, version),
                                              restored_version=version)
 
 
 async def roll_back_account(uow: UnitOfWork, account_id: uuid.UUID, version: int) -> tuple[AccountState, bool]:
-    history = await override_history(uow.store, account_stream(account_id), ACCOUNT_OVERRIDE_EVENT)
-    target = _document_at(history, version)
-    current = await load_existing_account(uow, account_id)
-    return await change_account(uow, account_id, override_patch=diff_patch(current.override, target),
+    """One new event whose resulting override equals the one as of `version`."""
+    history = await override_history(uow, account_stream(account_id), ACCOUNT_OVERRIDE_EVENT)
+    return await change_account(uow, account_id, override_target=_document_at(history, version),
                                 restored_version=version)
 
 
