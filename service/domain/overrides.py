@@ -140,3 +140,17 @@ def effective_method_config(
     if not isinstance(merged, dict):
         return None, {}
     return merged, provenance
+
+
+def effective_integration_settings(
+    *, integration_config: dict[str, Any], environment_override: dict[str, Any], account_override: dict[str, Any],
+    integration: str,
+) -> tuple[dict[str, Any], dict[str, Level]]:
+    """The integration's own settings (its config without the unified model) with the
+    environment's and the account's `integration_override` merged on top, with provenance."""
+    merged, provenance = merge_levels([
+        ("integration", {k: v for k, v in integration_config.items() if k != UNIFIED_MODEL}),
+        ("environment", environment_layer(environment_override, integration).get(INTEGRATION_OVERRIDE)),
+        ("account", account_override.get(INTEGRATION_OVERRIDE)),
+    ])
+    return (merged if isinstance(merged, dict) else {}), provenance

@@ -68,6 +68,9 @@ def _override_paths() -> dict[str, Any]:
         "config": {"type": "object", "description": "the merged method configuration"},
         "provenance": {"type": "object", "additionalProperties": level,
                        "description": "for each field (dotted path of each leaf) the level it came from"},
+        "integration_settings": {"type": "object", "description": "the integration's config without the unified "
+                                 "model, with environment and account `integration_override` merged on top"},
+        "integration_settings_provenance": {"type": "object", "additionalProperties": level},
         "versions": {"type": "object", "additionalProperties": {"type": "integer"}},
         "hashes": {"type": "object", "additionalProperties": {"type": "string"}}, "etag": {"type": "string"}}}
     preview = {"type": "object", "properties": {

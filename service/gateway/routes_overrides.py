@@ -178,7 +178,10 @@ async def get_effective_config(request: web.Request) -> web.Response:
     body = {
         "account_id": str(state.account_id), "environment": state.environment, "integration": state.integration,
         "model": info["model"], "resource": info["resource"], "method": info["method"],
-        "config": found.config, "provenance": found.provenance, "versions": found.versions, "hashes": found.hashes,
+        "config": found.config, "provenance": found.provenance,
+        "integration_settings": found.integration_settings,
+        "integration_settings_provenance": found.integration_settings_provenance,
+        "versions": found.versions, "hashes": found.hashes,
     }
     etag = _etag(body)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}

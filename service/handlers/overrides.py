@@ -24,6 +24,7 @@ from service.domain.mappings import validate_mappings
 from service.domain.overrides import (
     diff_patch,
     document_hash,
+    effective_integration_settings,
     effective_method_config,
     merge_patch,
 )
@@ -204,6 +205,8 @@ async def roll_back_account(uow: UnitOfWork, account_id: uuid.UUID, version: int
 class EffectiveConfig:
     config: dict[str, Any]
     provenance: dict[str, str]
+    integration_settings: dict[str, Any]
+    integration_settings_provenance: dict[str, str]
     versions: dict[str, int]
     hashes: dict[str, str]
 
@@ -222,8 +225,13 @@ async def effective_config(
     if config is None:
         raise UnconfiguredMethod(f"no level configures {model}/{resource}/{method} for this account",
                                  field="method")
+    settings, settings_provenance = effective_integration_settings(
+        integration_config=integration.config, environment_override=environment.override,
+        account_override=account.override, integration=account.integration,
+    )
     return EffectiveConfig(
         config=config, provenance=provenance,
+        integration_settings=settings, integration_settings_provenance=settings_provenance,
         versions={"integration": integration.version, "environment": environment.version,
                   "account": account.override_version},
         hashes={"integration": document_hash(integration.config), "environment": document_hash(environment.override),

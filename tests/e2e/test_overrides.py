@@ -167,6 +167,19 @@ async def test_a_per_integration_environment_section_applies_to_that_integration
     assert effective["provenance"]["method"] == "environment"
 
 
+async def test_integration_overrides_merge_over_the_integrations_own_settings(gateway):
+    api = await _api(gateway, "admin")
+    (account,) = await api.setup("acme")
+    await api.call("PUT", "/v1/environments/prod/integrations/salesforce", json={
+        "config": {"page_size": 200, "api_version": "v58.0"}, "unified_model": {"crm": {"contacts": {"list": BASE_LIST}}}})
+    await api.call("PUT", "/v1/environments/prod/overrides", json={"integrations": {"salesforce": {
+        "integration_override": {"api_version": "v60.0"}}}})
+    await api.call("PATCH", f"/v1/accounts/{account}", json={"integration_override": {"page_size": 50}})
+    _, effective = await api.effective(account)
+    assert effective["integration_settings"] == {"page_size": 50, "api_version": "v60.0"}
+    assert effective["integration_settings_provenance"] == {"page_size": "account", "api_version": "environment"}
+
+
 async def test_an_invalid_expression_is_refused_with_its_path_and_nothing_is_appended(gateway):
     api = await _api(gateway, "admin")
     (account,) = await api.setup("acme")
