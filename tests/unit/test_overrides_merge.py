@@ -1,13 +1,18 @@
 """Merging override levels (RFC 7396 across integration -> environment -> account), provenance,
 the roll-back patch, and the environment aggregate. Pure: no I/O."""
 
+import uuid
 from datetime import datetime, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.domain import account as account_domain
 from service.domain import environment as environment_domain
+from service.domain.account import AccountState
 from service.domain.environment import EnvironmentState
+from service.domain.errors import AccountIsDeleted, InvalidContext
 from service.domain.overrides import (
     diff_patch,
     document_hash,
@@ -181,3 +186,23 @@ def test_environment_override_changes_fold_and_unchanged_patches_append_nothing(
     events = environment_domain.change_override(state, restore, document_hash({}), NOW, restored_version=0)
     state = environment_domain.evolve(state, events[0])
     assert state.override == {} and events[0].restored_version == 0 and state.version == 2
+
+
+def test_account_override_and_context_changes_fold_with_their_versions():
+    state = AccountState(account_id=uuid.uuid4(), version=4, status="active", environment="prod",
+                         integration="salesforce", context={"instance_url": "https://a.example", "region": "us"})
+    patch = {"unified_model_override": {"crm": {"contacts": {"list": {"resource": "business_contacts"}}}}}
+    events = account_domain.change_override(state, patch, document_hash(patch), NOW, restored_version=None)
+    events += account_domain.change_context(state, {"region": "eu", "instance_url": None},
+                                            document_hash({"region": "eu"}), NOW)
+    assert [e.type for e in events] == ["AccountOverrideChanged", "AccountContextChanged"]
+    state = account_domain.fold(state, events)
+    assert (state.version, state.override_version, state.override) == (6, 5, patch)
+    assert state.context == {"region": "eu"}
+    assert account_domain.change_context(state, {"region": "eu"}, document_hash({"region": "eu"}), NOW) == []
+    with pytest.raises(InvalidContext) as refused:
+        account_domain.change_context(state, {"auth": {"password": "hunter2"}}, "h", NOW)
+    assert refused.value.field == "context.auth.password" and "hunter2" not in str(refused.value)
+    deleted = state.model_copy(update={"status": "deleted"})
+    with pytest.raises(AccountIsDeleted):
+        account_domain.change_override(deleted, {"x": 1}, document_hash({"x": 1}), NOW)
