@@ -2,6 +2,7 @@
 history and roll-back."""
 
 import hashlib
+import re
 import uuid
 from typing import Any, Literal
 
@@ -10,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.canonical import canonical_json
 from service.domain.account import AccountState
+from service.domain.commands import NAME_PATTERN
 from service.domain.errors import InvalidConfiguration
 from service.domain.identity import account_stream, environment_stream
 from service.domain.mappings import InvalidMapping, MappingProblem
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.keys import UOW
-from service.gateway.requests import parse_json
+from service.gateway.requests import InvalidRequest, parse_json
 from service.gateway.views import account_view
 from service.handlers.accounts import AccountNotFound, load_existing_account
 from service.handlers.overrides import (
@@ -78,6 +80,15 @@ class PreviewBody(BaseModel):
     context: dict[str, Any] | None = None
 
 
+def _environment(request: web.Request) -> str:
+    """The path's environment, if the key may reach it and it is a name environments can have."""
+    env = request.match_info["env"]
+    ensure_environment(request, env)
+    if not re.match(NAME_PATTERN, env):
+        raise InvalidRequest([{"field": "env", "reason": f"an environment name matches {NAME_PATTERN}"}])
+    return env
+
+
 def _account_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
@@ -100,8 +111,7 @@ def _patch_of(body: BaseModel) -> dict[str, Any]:
 @routes.put("/v1/environments/{env}/overrides")
 @requires(*WRITERS)
 async def put_environment_override(request: web.Request) -> web.Response:
-    env = request.match_info["env"]
-    ensure_environment(request, env)
+    env = _environment(request)
     patch = _patch_of(await parse_json(request, EnvironmentOverrideBody))
     uow = request.app[UOW].acting_as(api_key(request).actor)
     state, changed = await change_environment_override(uow, env, patch)
@@ -111,8 +121,7 @@ async def put_environment_override(request: web.Request) -> web.Response:
 @routes.get("/v1/environments/{env}/overrides/history")
 @requires(*READERS)
 async def environment_override_history(request: web.Request) -> web.Response:
-    env = request.match_info["env"]
-    ensure_environment(request, env)
+    env = _environment(request)
     history = await override_history(request.app[UOW], environment_stream(env), ENVIRONMENT_OVERRIDE_EVENT)
     return web.json_response({"environment": env, "versions": [entry.as_dict() for entry in history]})
 
@@ -120,8 +129,7 @@ async def environment_override_history(request: web.Request) -> web.Response:
 @routes.post("/v1/environments/{env}/overrides:rollback")
 @requires(*WRITERS)
 async def roll_back_environment_override(request: web.Request) -> web.Response:
-    env = request.match_info["env"]
-    ensure_environment(request, env)
+    env = _environment(request)
     body = await parse_json(request, RollbackBody)
     uow = request.app[UOW].acting_as(api_key(request).actor)
     state, changed = await roll_back_environment(uow, env, body.version)
