@@ -11,7 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from events.canonical import canonical_json
+from events.catalog.account import AccountOverrideChanged
 from events.catalog.base import decode
+from events.catalog.environment import EnvironmentOverrideChanged
 from events.errors import InvalidEventError
 from events.store import PostgresEventStore
 from service.domain import account as account_domain
@@ -33,8 +35,8 @@ from service.handlers.commit import decide_and_append
 from service.handlers.repositories import load_integration
 from service.handlers.uow import UnitOfWork
 
-ACCOUNT_OVERRIDE_EVENT = "AccountOverrideChanged"
-ENVIRONMENT_OVERRIDE_EVENT = "EnvironmentOverrideChanged"
+ACCOUNT_OVERRIDE_EVENT = AccountOverrideChanged.type
+ENVIRONMENT_OVERRIDE_EVENT = EnvironmentOverrideChanged.type
 
 
 class UnknownVersion(DomainError):
