@@ -328,3 +328,24 @@ async def test_preview_reports_evaluation_errors_in_the_body_and_stops_runaway_e
     assert result["error"]["code"] == "not-json"
     # Neither an expression nor an account: refused, not evaluated.
     await api.preview(422, sample={})
+
+
+async def test_a_roll_back_racing_other_changes_still_restores_exactly_that_version(gateway):
+    api = await _api(gateway, "admin")
+    (account,) = await api.setup("acme")
+    await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {"list": {
+        "resource": "v1"}}}}})
+    _, history = await api.call("GET", f"/v1/accounts/{account}/overrides/history")
+    target = history["versions"][0]
+
+    async def patch(i: int):
+        await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {
+            "list": {f"field_{i}": str(i)}}}}})
+
+    await asyncio.gather(*(patch(i) for i in range(8)),
+                         api.call("POST", f"/v1/accounts/{account}/overrides:rollback", json={"version": target["version"]}))
+    _, history = await api.call("GET", f"/v1/accounts/{account}/overrides/history")
+    (restoring,) = [v for v in history["versions"] if v["restored_version"] == target["version"]]
+    assert restoring["resulting_hash"] == target["resulting_hash"]
+    key_id = "_".join(api.headers["Authorization"].removeprefix("Bearer ").split("_")[2:4])
+    assert {v["actor"] for v in history["versions"]} == {f"key:{key_id}"}
