@@ -115,6 +115,16 @@ class AccountOverrideChanged(AccountEvent):
     level: Literal["account"] = "account"
     merge_patch: JsonObject
     resulting_hash: str
+    restored_version: int | None = Field(default=None, ge=0)  # set by a roll-back: the version restored
+
+
+class AccountContextChanged(AccountEvent):
+    """The account's non-secret context changed by a JSON Merge Patch (RFC 7396)."""
+
+    type: ClassVar[str] = "AccountContextChanged"
+
+    merge_patch: JsonObject
+    resulting_hash: str
 
 
 class CredentialsAccessed(AccountEvent):

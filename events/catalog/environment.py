@@ -2,6 +2,8 @@
 
 from typing import ClassVar
 
+from pydantic import Field
+
 from events.catalog.base import Event, JsonObject
 
 
@@ -17,3 +19,4 @@ class EnvironmentOverrideChanged(EnvironmentEvent):
     environment: str
     merge_patch: JsonObject
     resulting_hash: str  # hash of the environment override after the patch
+    restored_version: int | None = Field(default=None, ge=0)  # set by a roll-back: the version restored

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from events.canonical import canonical_json
 from events.catalog.account import (
     AccountConnecting,
+    AccountContextChanged,
     AccountDeleted,
     AccountEvent,
     AccountNeedsReauth,
@@ -67,6 +68,7 @@ from service.domain.errors import (
 )
 from service.domain.identity import account_id_for
 from service.domain.integration import IntegrationState
+from service.domain.overrides import merge_patch
 
 Status = Literal["connecting", "active", "post_install_error", "validation_error", "needs_reauth", "deleted"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -108,6 +110,7 @@ class AccountState(BaseModel):
     deleted_at: Instant | None = None
     override: dict[str, Any] = {}  # the account-level override, merge patches applied
     override_hash: str | None = None
+    override_version: int = 0  # the stream version of the last override change
     shredded_key_id: str | None = None  # set once the data key is destroyed
 
     @classmethod
@@ -177,15 +180,32 @@ def decide(
     raise DomainError(f"{type(command).__name__} is not an account command")
 
 
-def change_override(state: AccountState, merge_patch: dict[str, Any], resulting_hash: str, now: datetime) -> list[Event]:
+def change_override(
+    state: AccountState, merge_patch: dict[str, Any], resulting_hash: str, now: datetime, *, restored_version: int | None = None
+) -> list[Event]:
     """Record an account-level override change (validated by the caller); [] if the result is unchanged."""
+    _require_live(state)
+    if resulting_hash == state.override_hash:
+        return []
+    return [AccountOverrideChanged(at=_utc(now), merge_patch=merge_patch, resulting_hash=resulting_hash,
+                                   restored_version=restored_version)]
+
+
+def change_context(state: AccountState, patch: dict[str, Any], resulting_hash: str, now: datetime) -> list[Event]:
+    """Record a change of the non-secret context; [] if the result is unchanged. Secrets are refused."""
+    _require_live(state)
+    context = merge_patch(state.context, patch)
+    _check_context(context)
+    if context == state.context:
+        return []
+    return [AccountContextChanged(at=_utc(now), merge_patch=patch, resulting_hash=resulting_hash)]
+
+
+def _require_live(state: AccountState) -> None:
     if state.status is None:
         raise UnknownAccount(f"account {state.account_id} does not exist", field="account_id")
     if state.status == "deleted":
         raise AccountIsDeleted(f"account {state.account_id} was deleted", field="account_id")
-    if resulting_hash == state.override_hash:
-        return []
-    return [AccountOverrideChanged(at=_utc(now), merge_patch=merge_patch, resulting_hash=resulting_hash)]
 
 
 def _import(
@@ -417,19 +437,6 @@ def _seconds_since(since: datetime | None, now: datetime) -> int:
 # --------------------------------------------------------------------------- evolve
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON Merge Patch (RFC 7396): objects merge deeply, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
 def evolve(state: AccountState, event: Event) -> AccountState:
     """The state after `event`: version + 1, times taken from the event."""
     if not isinstance(event, AccountEvent):
@@ -489,7 +496,10 @@ def evolve(state: AccountState, event: Event) -> AccountState:
             "reactivation_count": state.reactivation_count + 1,
         }
     elif isinstance(event, AccountOverrideChanged):
-        update |= {"override": merge_patch(state.override, event.merge_patch), "override_hash": event.resulting_hash}
+        update |= {"override": merge_patch(state.override, event.merge_patch), "override_hash": event.resulting_hash,
+                   "override_version": state.version + 1}
+    elif isinstance(event, AccountContextChanged):
+        update |= {"context": merge_patch(state.context, event.merge_patch)}
     elif isinstance(event, (CredentialsAccessed, TokensExported)):
         del update["updated_at"]  # reads are audited, but they do not change the account
     elif isinstance(event, AccountDeleted):

@@ -9,7 +9,7 @@ from aiohttp import web
 from events.database import create_pool
 from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
 from service.clock import clock_from_settings
-from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
+from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta, routes_overrides
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
 from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
@@ -92,6 +92,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker])
-    for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
+    for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides):
         app.add_routes(module.routes)
     return app

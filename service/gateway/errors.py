@@ -9,6 +9,7 @@ from aiohttp import web
 from events.errors import ConcurrencyError, InvalidEventError
 from service.crypto.datakeys import KeyShreddedError, MissingKeyError
 from service.domain.errors import AccountIsDeleted, DomainError, IdentityMismatch, UnknownAccount, UnknownIntegration
+from service.domain.mappings import InvalidMapping
 from service.gateway.requests import InvalidRequest
 from service.handlers.accounts import AccountNotFound
 from service.handlers.import_profiles import RecordError
@@ -46,6 +47,9 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except UnknownIntegration as exc:
         return problem(422, "Unprocessable Content", str(exc), type_="unknown-integration",
                        errors=[{"field": exc.field or "integration", "reason": str(exc)}])
+    except InvalidMapping as exc:
+        return problem(422, "Unprocessable Content", str(exc), type_="invalid-mapping",
+                       errors=[p.as_dict() for p in exc.problems])
     except (AccountIsDeleted, IdentityMismatch) as exc:
         return problem(409, "Conflict", str(exc), type_="state-conflict")
     except DomainError as exc:

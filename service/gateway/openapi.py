@@ -3,6 +3,7 @@
 from typing import Any
 
 from service.gateway.routes_integrations import IntegrationBody
+from service.gateway.routes_overrides import AccountPatchBody, EnvironmentOverrideBody, PreviewBody, RollbackBody
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -46,6 +47,76 @@ ACCOUNT_ID = _path("id", "account id (UUID)")
 PROFILE = _query("profile", "shape of the records", {"type": "string", "enum": ["canonical", "truto", "nango"]})
 
 ACCOUNT = {"$ref": "#/components/schemas/Account"}
+
+
+def _body(model) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
+
+
+def _override_paths() -> dict[str, Any]:
+    """Overrides: three levels (integration base, environment, account) merged as JSON Merge Patches."""
+    level = {"enum": ["integration", "environment", "account"]}
+    override_state = {"type": "object", "properties": {
+        "version": {"type": "integer"}, "override": {"type": "object"}, "override_hash": {"type": ["string", "null"]},
+        "changed": {"type": "boolean", "description": "false when the patch changed nothing (no event appended)"}}}
+    history = {"type": "object", "properties": {"versions": {"type": "array", "items": {"type": "object", "properties": {
+        "version": {"type": "integer", "description": "stream version of the change; what a roll-back names"},
+        "occurred_at": {"type": "string", "format": "date-time"}, "actor": {"type": "string"},
+        "merge_patch": {"type": "object"}, "resulting_hash": {"type": "string"},
+        "restored_version": {"type": ["integer", "null"]}}}}}}
+    effective = {"type": "object", "properties": {
+        "config": {"type": "object", "description": "the merged method configuration"},
+        "provenance": {"type": "object", "additionalProperties": level,
+                       "description": "for each field (dotted path of each leaf) the level it came from"},
+        "integration_settings": {"type": "object", "description": "the integration's config without the unified "
+                                 "model, with environment and account `integration_override` merged on top"},
+        "integration_settings_provenance": {"type": "object", "additionalProperties": level},
+        "versions": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "hashes": {"type": "object", "additionalProperties": {"type": "string"}}, "etag": {"type": "string"}}}
+    preview = {"type": "object", "properties": {
+        "expression": {"type": "string"}, "mapping": {"type": "string"}, "level": level, "result": {},
+        "error": {"type": ["object", "null"], "properties": {"code": {"type": ["string", "null"]},
+                                                            "message": {"type": "string"},
+                                                            "position": {"type": ["integer", "null"]}}}}}
+    rollback = "Restore the override as of an earlier version, as one new event (version 0: no override)"
+    return {
+        "/v1/accounts/{id}": {"patch": _op(
+            "Change the account override (`unified_model_override`, `integration_override`) and/or its non-secret "
+            "context by JSON Merge Patches, in one append; every mapping compiled first", ["admin", "operator"],
+            {"200": _json(ACCOUNT), **_problems(401, 403, 404, 409, 422)}, params=[ACCOUNT_ID],
+            body=_body(AccountPatchBody), tag="overrides")},
+        "/v1/environments/{env}/overrides": {"put": _op(
+            "Change the environment override by a JSON Merge Patch (every mapping compiled first)", ["admin", "operator"],
+            {"200": _json(override_state), **_problems(401, 403, 404, 409, 422)}, params=[ENV],
+            body=_body(EnvironmentOverrideBody), tag="overrides")},
+        "/v1/environments/{env}/overrides/history": {"get": _op(
+            "Every version of the environment override: actor, time, patch, resulting hash",
+            ["admin", "operator", "auditor"], {"200": _json(history), **_problems(401, 403, 404)}, params=[ENV],
+            tag="overrides")},
+        "/v1/environments/{env}/overrides:rollback": {"post": _op(
+            rollback, ["admin", "operator"], {"200": _json(override_state), **_problems(401, 403, 404, 409, 422)},
+            params=[ENV], body=_body(RollbackBody), tag="overrides")},
+        "/v1/accounts/{id}/overrides/history": {"get": _op(
+            "Every version of the account override: actor, time, patch, resulting hash",
+            ["admin", "operator", "auditor"], {"200": _json(history), **_problems(401, 403, 404)}, params=[ACCOUNT_ID],
+            tag="overrides")},
+        "/v1/accounts/{id}/overrides:rollback": {"post": _op(
+            rollback, ["admin", "operator"], {"200": _json(ACCOUNT), **_problems(401, 403, 404, 409, 422)},
+            params=[ACCOUNT_ID], body=_body(RollbackBody), tag="overrides")},
+        "/v1/accounts/{id}/effective-config/{model}/{resource}/{method}": {"get": _op(
+            "The merged configuration of one method for the account, with the level each field came from; "
+            "ETag / If-None-Match (304)", ["admin", "operator", "auditor"],
+            {"200": _json(effective), "304": {"description": "unchanged since the ETag given"},
+             **_problems(401, 403, 404)},
+            params=[ACCOUNT_ID, _path("model", "unified model, e.g. crm"), _path("resource", "e.g. contacts"),
+                    _path("method", "e.g. list"),
+                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}],
+            tag="overrides")},
+        "/v1/mappings:preview": {"post": _op(
+            "Evaluate an account's effective mapping, or an expression, against a sample (before-step results "
+            "bound as `step`); evaluation errors come back in `error`", ["admin", "operator"],
+            {"200": _json(preview), **_problems(401, 403, 404, 422)}, body=_body(PreviewBody), tag="overrides")},
+    }
 
 
 def build_openapi() -> dict[str, Any]:
@@ -114,6 +185,8 @@ def build_openapi() -> dict[str, Any]:
             "expires within 30 s. 409 when the account needs re-authentication.", ["service", "admin"],
             {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410, 503)}, params=[ACCOUNT_ID])},
     }
+    for path, operations in _override_paths().items():
+        paths.setdefault(path, {}).update(operations)
     return {
         "openapi": "3.1.0",
         "info": {"title": "linkledger", "version": "1",

@@ -6,6 +6,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from service.domain.commands import AuthenticationMethod, ConfigureIntegration, ConfigureOAuthClient
+from service.domain.mappings import validate_mappings
+from service.domain.overrides import UNIFIED_MODEL
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.keys import UOW
 from service.gateway.requests import parse_json
@@ -33,6 +35,9 @@ class IntegrationBody(BaseModel):
     authentication_methods: list[AuthenticationMethod] = ["oauth2"]
     health_check: dict[str, str] | None = None
     config: dict[str, Any] = {}
+    # The base mappings, model -> resource -> method -> {response_mapping, resource, before, ...};
+    # kept as config.unified_model, below environment and account overrides.
+    unified_model: dict[str, Any] | None = None
     oauth_client: OAuthClientBody | None = None
 
 
@@ -42,10 +47,12 @@ async def put_integration(request: web.Request) -> web.Response:
     env, name = request.match_info["env"], request.match_info["name"]
     ensure_environment(request, env)
     body = await parse_json(request, IntegrationBody)
+    validate_mappings({"config": body.config, UNIFIED_MODEL: body.unified_model})  # paths as written
+    config = body.config if body.unified_model is None else {**body.config, UNIFIED_MODEL: body.unified_model}
     uow = request.app[UOW].acting_as(api_key(request).actor)
     state = await configure_integration(ConfigureIntegration(
         environment=env, name=name, display_name=body.display_name,
-        authentication_methods=tuple(body.authentication_methods), health_check=body.health_check, config=body.config,
+        authentication_methods=tuple(body.authentication_methods), health_check=body.health_check, config=config,
     ), uow)
     if body.oauth_client is not None:
         client = body.oauth_client

@@ -59,6 +59,15 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/accounts/{id}/token"): Route(frozenset({"service", "admin"}), "account"),
     ("POST", "/v1/accounts/{id}/refresh"): Route(WRITERS, "account"),
     ("POST", "/v1/accounts/{id}/validate"): Route(WRITERS, "account"),
+    ("PUT", "/v1/environments/{env}/overrides"): Route(WRITERS, "env"),
+    ("GET", "/v1/environments/{env}/overrides/history"): Route(READERS, "env"),
+    ("POST", "/v1/environments/{env}/overrides:rollback"): Route(WRITERS, "env"),
+    ("PATCH", "/v1/accounts/{id}"): Route(WRITERS, "account"),
+    ("GET", "/v1/accounts/{id}/overrides/history"): Route(READERS, "account"),
+    ("POST", "/v1/accounts/{id}/overrides:rollback"): Route(WRITERS, "account"),
+    ("GET", "/v1/accounts/{id}/effective-config/{model}/{resource}/{method}"): Route(READERS, "account"),
+    # The account is named in the body; another environment's account is 404 like the others.
+    ("POST", "/v1/mappings:preview"): Route(WRITERS, "account"),
     ("GET", "/healthz"): Route(ALL, "open"),
     ("GET", "/readyz"): Route(ALL, "open"),
     ("GET", "/openapi.json"): Route(ALL, "open"),
@@ -114,6 +123,8 @@ def _canonical(tenant: str) -> dict:
 def _integration_body() -> dict:
     return {
         "display_name": "Salesforce",
+        "unified_model": {"crm": {"contacts": {"list": {"resource": "Contact",
+                                                        "response_mapping": "response.{ 'id': $string(Id) }"}}}},
         "authentication_methods": ["oauth2", "api_key", "basic"],
         "oauth_client": {"client_id": "client-1", "client_secret": "matrix-client-secret",
                          "token_url": "https://login.salesforce.com/services/oauth2/token"},
@@ -221,6 +232,44 @@ async def _force_validate(w: World, env: str, headers: dict, tag: str):
     return await w.client.post(f"/v1/accounts/{w.accounts[env]}/validate", headers=headers)
 
 
+OVERRIDE_PATCH = {"unified_model_override": {"crm": {"contacts": {"list": {"resource": "contacts"}}}}}
+
+
+async def _put_environment_override(w: World, env: str, headers: dict, tag: str):
+    return await w.client.put(f"/v1/environments/{env}/overrides", json=OVERRIDE_PATCH, headers=headers)
+
+
+async def _environment_override_history(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/environments/{env}/overrides/history", headers=headers)
+
+
+async def _roll_back_environment_override(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/environments/{env}/overrides:rollback", json={"version": 0}, headers=headers)
+
+
+async def _patch_account(w: World, env: str, headers: dict, tag: str):
+    return await w.client.patch(f"/v1/accounts/{w.accounts[env]}", json={**OVERRIDE_PATCH, "context": {"patched_by": tag}},
+                                headers=headers)
+
+
+async def _account_override_history(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/accounts/{w.accounts[env]}/overrides/history", headers=headers)
+
+
+async def _roll_back_account_override(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/accounts/{w.accounts[env]}/overrides:rollback", json={"version": 0}, headers=headers)
+
+
+async def _effective_config(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/accounts/{w.accounts[env]}/effective-config/crm/contacts/list", headers=headers)
+
+
+async def _preview(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post("/v1/mappings:preview", json={
+        "account_id": w.accounts[env], "model": "crm", "resource": "contacts", "method": "list",
+        "sample": [{"Id": 1}]}, headers=headers)
+
+
 def _open(path: str) -> Send:
     async def send(w: World, env: str, headers: dict, tag: str):
         return await w.client.get(path, headers=headers)
@@ -238,6 +287,14 @@ SENDERS: dict[tuple[str, str], Send] = {
     ("GET", "/v1/accounts/{id}/token"): _token,
     ("POST", "/v1/accounts/{id}/refresh"): _force_refresh,
     ("POST", "/v1/accounts/{id}/validate"): _force_validate,
+    ("PUT", "/v1/environments/{env}/overrides"): _put_environment_override,
+    ("GET", "/v1/environments/{env}/overrides/history"): _environment_override_history,
+    ("POST", "/v1/environments/{env}/overrides:rollback"): _roll_back_environment_override,
+    ("PATCH", "/v1/accounts/{id}"): _patch_account,
+    ("GET", "/v1/accounts/{id}/overrides/history"): _account_override_history,
+    ("POST", "/v1/accounts/{id}/overrides:rollback"): _roll_back_account_override,
+    ("GET", "/v1/accounts/{id}/effective-config/{model}/{resource}/{method}"): _effective_config,
+    ("POST", "/v1/mappings:preview"): _preview,
     **{("GET", path): _open(path) for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")},
 }
 
@@ -311,6 +368,7 @@ async def test_every_route_x_role_x_key_scope(gateway):
     served = sorted(_app_routes(gateway.client.app))
     failures = []
     allowed_imports: dict[str, set[str]] = {env: set() for env in ENVS}
+    allowed_patches: dict[str, set[str]] = {env: set() for env in ENVS}
     checked = 0
     for method, path in served:
         route = ROUTES.get((method, path))
@@ -343,6 +401,8 @@ async def test_every_route_x_role_x_key_scope(gateway):
                             for leak in (w.tenants[target], INTEGRATION, "instance_url", "fingerprint"):
                                 if leak.encode() in body:
                                     failures.append(f"{label}: the 404 shows {leak!r}")
+                    elif method == "PATCH":
+                        allowed_patches[target].add(tag)
                     elif path.endswith("/accounts") and method == "POST":
                         allowed_imports[target].add(f"mx-one-{tag}")
                     elif path.endswith(":import"):
@@ -351,7 +411,7 @@ async def test_every_route_x_role_x_key_scope(gateway):
                             failures.append(f"{label}: {result}")
                         allowed_imports[target].add(f"mx-bulk-{tag}")
     assert not failures, f"{len(failures)} of {checked} checks failed:\n" + "\n".join(failures)
-    # 13 routes x 2 target environments x 4 roles x 3 scopes
+    # every route x 2 target environments x 4 roles x 3 scopes
     assert checked == len(served) * len(ENVS) * len(ROLES) * len(SCOPES)
 
     # Refused requests changed nothing: only allowed imports landed, and the shared accounts,
@@ -360,6 +420,15 @@ async def test_every_route_x_role_x_key_scope(gateway):
         made = {t for t in await w.tenants_of(env) if t.startswith("mx-one-") or t.startswith("mx-bulk-")}
         assert made == allowed_imports[env], (env, sorted(made ^ allowed_imports[env]))
         assert (await w.account(w.accounts[env]))["status"] != "deleted"
+    # Only allowed PATCHes changed an account's context (each one tags it with its sender).
+    conn = await asyncpg.connect(gateway.database_url)
+    try:
+        for env in ENVS:
+            rows = await conn.fetch("SELECT data FROM events WHERE stream_id = $1 AND type = 'AccountContextChanged'",
+                                    f"account-{w.accounts[env]}")
+            assert {json.loads(r["data"])["merge_patch"]["patched_by"] for r in rows} == allowed_patches[env], env
+    finally:
+        await conn.close()
 
 
 async def test_an_out_of_scope_account_is_indistinguishable_from_a_missing_one(gateway):
@@ -368,7 +437,9 @@ async def test_an_out_of_scope_account_is_indistinguishable_from_a_missing_one(g
     w = await _world(gateway)
     missing = str(uuid.uuid4())
     for role, suffix, method in (("admin", "", "GET"), ("operator", "", "GET"), ("auditor", "", "GET"),
-                                 ("admin", "/token", "GET"), ("service", "/token", "GET"), ("admin", "", "DELETE")):
+                                 ("admin", "/token", "GET"), ("service", "/token", "GET"), ("admin", "", "DELETE"),
+                                 ("operator", "", "PATCH"), ("auditor", "/effective-config/crm/contacts/list", "GET"),
+                                 ("auditor", "/overrides/history", "GET"), ("operator", "/overrides:rollback", "POST")):
         headers = await w.headers(role, "own", "prod")
         hidden = await w.client.request(method, f"/v1/accounts/{w.accounts['staging']}{suffix}", headers=headers)
         absent = await w.client.request(method, f"/v1/accounts/{missing}{suffix}", headers=headers)
@@ -382,11 +453,21 @@ async def test_an_out_of_scope_account_is_indistinguishable_from_a_missing_one(g
         ("GET", "/v1/environments/{env}/accounts", {}),
         ("POST", "/v1/environments/{env}/accounts:export", {"json": {"purpose": "probe"}}),
         ("PUT", "/v1/environments/{env}/integrations/salesforce", {"json": _integration_body()}),
+        ("PUT", "/v1/environments/{env}/overrides", {"json": OVERRIDE_PATCH}),
+        ("GET", "/v1/environments/{env}/overrides/history", {}),
+        ("POST", "/v1/environments/{env}/overrides:rollback", {"json": {"version": 0}}),
     ):
         hidden = await w.client.request(method, path.format(env="staging"), headers=headers, **kwargs)
         absent = await w.client.request(method, path.format(env="nowhere"), headers=headers, **kwargs)
         assert hidden.status == absent.status == 404, (method, path)
         assert (await hidden.text()).replace("staging", "<env>") == (await absent.text()).replace("nowhere", "<env>")
+    # An account named in a preview's body: the same.
+    hidden = await w.client.post("/v1/mappings:preview", headers=headers, json={
+        "account_id": w.accounts["staging"], "model": "crm", "resource": "contacts", "method": "list", "sample": {}})
+    absent = await w.client.post("/v1/mappings:preview", headers=headers, json={
+        "account_id": missing, "model": "crm", "resource": "contacts", "method": "list", "sample": {}})
+    assert hidden.status == absent.status == 404
+    assert (await hidden.text()).replace(w.accounts["staging"], "<id>") == (await absent.text()).replace(missing, "<id>")
     # A malformed id is a plain 404 too.
     response = await w.client.get("/v1/accounts/not-a-uuid", headers=w.admin)
     assert response.status == 404 and response.content_type == PROBLEM_JSON
@@ -434,7 +515,8 @@ async def test_no_key_a_malformed_key_or_a_revoked_key_is_401_with_www_authentic
                 failures.append(f"{method} {path} {name}: {response.content_type}")
         # 401 comes before 404: an unauthenticated caller learns nothing about ids either.
         if route.kind == "account":
-            response = await w.client.request(method, path.replace("{id}", str(uuid.uuid4())))
+            url = path.replace("{id}", str(uuid.uuid4())).replace("{model}/{resource}/{method}", "crm/contacts/list")
+            response = await w.client.request(method, url)
             if response.status != 401:
                 failures.append(f"{method} {path} unknown id, no key: {response.status}")
     assert not failures, "\n".join(failures)
@@ -543,7 +625,8 @@ async def test_head_requests_are_guarded_like_their_gets(gateway):
     for (method, path), route in sorted(ROUTES.items()):
         if method != "GET" or route.kind == "open":
             continue
-        url = path.replace("{env}", "prod").replace("{id}", w.accounts["prod"])
+        url = path.replace("{env}", "prod").replace("{id}", w.accounts["prod"]).replace(
+            "{model}/{resource}/{method}", "crm/contacts/list")
         response = await gateway.client.head(url)
         if response.status != 401 or "WWW-Authenticate" not in response.headers:
             failures.append(f"HEAD {path} no key: {response.status}")

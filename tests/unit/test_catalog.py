@@ -12,6 +12,7 @@ from events.canonical import canonical_json
 from events.catalog import base
 from events.catalog.account import (
     AccountConnecting,
+    AccountContextChanged,
     AccountDeleted,
     AccountNeedsReauth,
     AccountOverrideChanged,
@@ -39,7 +40,7 @@ EXPECTED_TYPES = {
     "account": {
         "AccountConnecting", "TokensImported", "AccountValidated", "ValidationFailed", "PostInstallFailed",
         "TokenRefreshed", "TokenRefreshFailed", "AccountNeedsReauth", "AccountReactivated",
-        "AccountOverrideChanged", "CredentialsAccessed", "TokensExported", "AccountDeleted", "KeyShredded",
+        "AccountOverrideChanged", "AccountContextChanged", "CredentialsAccessed", "TokensExported", "AccountDeleted", "KeyShredded",
     },
     "integration": {"IntegrationConfigured", "OAuthClientConfigured", "IntegrationFlagged"},
     "environment": {"EnvironmentOverrideChanged"},
@@ -88,6 +89,7 @@ EXAMPLES: list[Event] = [
         at=AT, merge_patch={"unified_model_override": {"crm": {"contacts": {"list": {"resource": "business_contacts"}}}}},
         resulting_hash="sha256:cd34",
     ),
+    AccountContextChanged(at=AT, merge_patch={"instance_url": "https://acme2.my.salesforce.com"}, resulting_hash="sha256:ef56"),
     CredentialsAccessed(at=AT, accessor="key_01", count=12, first_at=AT - timedelta(minutes=5), last_at=AT),
     TokensExported(at=AT, purpose="migration to another custodian"),
     AccountDeleted(at=AT, reason="customer offboarded"),
