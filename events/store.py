@@ -3,10 +3,11 @@
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import asyncpg
 
+from events.batching import Coalescer
 from events.canonical import MAX_PAYLOAD_BYTES, canonical_json
 from events.envelope import LogPosition, NewEvent, RecordedEvent
 from events.errors import (
@@ -129,80 +130,6 @@ RETURNING stream_id, position, version, hash
 """
 
 
-@dataclass
-class _Pending:
-    stream_id: str
-    payload: Any
-    done: asyncio.Future
-
-
-class _Coalescer:
-    """Sends queued writes in batches, at most `max_in_flight` at a time (group commit).
-
-    A lone write is sent at once; writes arriving while batches are in flight wait for the next
-    one, so batching costs no latency at low load and saves commits and round trips at high load.
-    `send(payloads)` returns each stream's results, or None for a stream it could not place.
-    """
-
-    def __init__(self, send, max_in_flight: int = 2, max_batch: int = 256):
-        self._send_batch = send
-        self._max_in_flight = max_in_flight
-        self._max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._in_flight = 0
-        self._sending = 0
-
-    async def submit(self, stream_id: str, payload: Any):
-        item = _Pending(stream_id, payload, asyncio.get_running_loop().create_future())
-        self._queue.append(item)
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            asyncio.create_task(self._drain())
-        return await item.done
-
-    def _take(self) -> list[_Pending]:
-        """This drainer's share of the queue, one item per stream (a second one for a stream waits:
-        it needs the first's version). Shares are even across idle drainers, so the batches run on
-        several connections at once instead of one long batch on one."""
-        idle = max(1, self._in_flight - self._sending)
-        share = min(self._max_batch, -(-len(self._queue) // idle))
-        batch, streams, rest = [], set(), []
-        for item in self._queue:
-            if len(batch) < share and item.stream_id not in streams:
-                streams.add(item.stream_id)
-                batch.append(item)
-            else:
-                rest.append(item)
-        self._queue = rest
-        return batch
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                self._sending += 1
-                try:
-                    await self._send(batch)
-                finally:
-                    self._sending -= 1
-        finally:
-            self._in_flight -= 1
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        try:
-            placed = await self._send_batch([item.payload for item in batch])
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError):
-            placed = {}  # each item retries alone and meets its own error there
-        except BaseException as exc:
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(exc)
-            raise
-        for item in batch:
-            if not item.done.done():
-                item.done.set_result(placed.get(item.stream_id))
-
-
 # Bulk creation of new streams (imports): a new stream's chain starts at the genesis hash, so the
 # writer computes every hash itself and thousands of streams go in one statement. A stream that
 # exists already is skipped (ON CONFLICT) and reported back, to be appended to the ordinary way.
@@ -245,11 +172,23 @@ def _validate_stream_id(stream_id: str) -> None:
     _validate_text("stream_id", stream_id)
 
 
+def _snapshot_text(snapshot: dict[str, Any] | str | None) -> str | None:
+    """A head snapshot is given as a JSON object or as its JSON text (PostgreSQL parses it as jsonb)."""
+    if snapshot is None or isinstance(snapshot, str):
+        return snapshot
+    return json.dumps(snapshot, separators=(",", ":"))
+
+
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
-        self._group_commit = _Coalescer(self._send_appends)
-        self._stream_creator = _Coalescer(self._send_creations)
+        # An item a batch could not place retries alone, and meets its own error there.
+        alone_on = (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError)
+        self._group_commit = Coalescer(self._send_appends, alone_on=alone_on)
+        # One batch at a time: while it is out, the next one gathers (the larger the batch, the
+        # less each stream costs in round trips, statements and commits).
+        self._stream_creator = Coalescer(self._create_prepared, alone_on=alone_on, max_in_flight=1)
+        self._head_reader = Coalescer(self._read_heads, alone_on=alone_on, max_in_flight=1)
 
     async def append(
         self,
@@ -257,21 +196,24 @@ class PostgresEventStore:
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        snapshot: dict[str, Any] | None = None,
+        snapshot: dict[str, Any] | str | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> list[AppendResult]:
         """Append `events` to `stream_id` if it is at `expected_version` (0: a new stream).
 
+        `snapshot`, the stream's state after the append, as a JSON object or JSON text, is kept in
+        the head row.
+
         With `conn` the append joins the caller's transaction and must be its first write.
         """
         rows = self._prepare(stream_id, events, expected_version)
-        snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
+        snapshot_json = _snapshot_text(snapshot)
         if conn is None and len(rows) == 1:
             stored = await self._group_commit.submit(stream_id, (stream_id, expected_version, rows[0], snapshot_json))
             if stored:
                 return stored
         elif conn is None and expected_version == 0:
-            stored = await self._stream_creator.submit(stream_id, (stream_id, events, snapshot))
+            stored = await self._stream_creator.submit(stream_id, (stream_id, rows, snapshot_json))
             if stored:
                 return stored
         args = (stream_id, expected_version, *(list(column) for column in zip(*rows)), snapshot_json)
@@ -293,34 +235,34 @@ class PostgresEventStore:
         rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
         return {r["stream_id"]: [AppendResult(r["position"], r["version"], bytes(r["hash"]))] for r in rows}
 
-    async def _send_creations(self, items: list[tuple]) -> dict[str, list[AppendResult] | None]:
-        return await self.create_streams(items)
-
     async def create_streams(
-        self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | None]]
+        self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | str | None]]
     ) -> dict[str, list[AppendResult] | None]:
         """Create many new streams at once, each with its events and head snapshot, in one
         transaction. Returns each stream's results, or None for a stream that already existed
         (nothing of it was written)."""
         if len({stream_id for stream_id, _, _ in streams}) != len(streams):
             raise InvalidEventError("each stream may appear once in create_streams")
-        heads: list[list[Any]] = [[], [], [], [], []]
-        events: list[list[Any]] = [[] for _ in range(14)]
-        for stream_id, stream_events, snapshot in streams:
-            rows = self._prepare(stream_id, stream_events, 0)
-            prev = GENESIS_HASH
-            for version, row in enumerate(rows, start=1):
-                event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause, body = row
+        return await self._create_prepared([
+            (stream_id, self._prepare(stream_id, stream_events, 0), _snapshot_text(snapshot))
+            for stream_id, stream_events, snapshot in streams
+        ])
+
+    async def _create_prepared(self, streams: list[tuple[str, list[tuple], str | None]]) -> dict[str, list[AppendResult] | None]:
+        """create_streams for streams whose rows `_prepare` made: the writer chains every hash."""
+        heads: list[tuple] = []
+        events: list[tuple] = []
+        for stream_id, rows, snapshot in streams:
+            prev = last_prev = GENESIS_HASH
+            for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
+                          body) in enumerate(rows, start=1):
                 current = chain_hash(prev, body)
-                for column, value in zip(events, (event_id, stream_id, version, type_, schema_version, data, secret,
-                                                  key_id, occurred_at, actor, corr, cause, prev, current)):
-                    column.append(value)
+                events.append((event_id, stream_id, version, type_, schema_version, data, secret, key_id, occurred_at,
+                               actor, corr, cause, prev, current))
                 last_prev, prev = prev, current
-            for column, value in zip(heads, (stream_id, len(rows), last_prev, prev,
-                                             json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None)):
-                column.append(value)
+            heads.append((stream_id, len(rows), last_prev, prev, snapshot))
         try:
-            rows = await self._pool.fetch(_CREATE_STREAMS, *heads, *events)
+            rows = await self._pool.fetch(_CREATE_STREAMS, *map(list, zip(*heads)), *map(list, zip(*events)))
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:
@@ -428,6 +370,44 @@ class PostgresEventStore:
             limit,
         )
         return [record_from_row(r) for r in rows]
+
+    async def heads(
+        self, stream_ids: Sequence[str], *, known: Mapping[str, int] | None = None
+    ) -> dict[str, StreamHead | None]:
+        """Several streams' heads (None: no such stream) in one query shared with concurrent callers.
+
+        A stream whose version is `known[stream_id]` comes without its snapshot: the caller holds
+        that version's state already (a cache checked against the head in the same read).
+        """
+        request = [(stream_id, (known or {}).get(stream_id)) for stream_id in stream_ids]
+        found = await self._head_reader.submit(None, request)
+        if found is None:  # the shared read failed: this one alone, with its own error
+            found = await self._fetch_heads(request)
+        return {stream_id: found.get(stream_id) for stream_id in stream_ids}
+
+    async def _read_heads(self, requests: list[list[tuple[str, int | None]]]) -> list[dict[str, StreamHead]]:
+        merged: dict[str, int | None] = {}
+        for request in requests:
+            for stream_id, known in request:
+                # Two readers holding different versions: both get the snapshot.
+                merged[stream_id] = known if merged.get(stream_id, known) == known else None
+        found = await self._fetch_heads(list(merged.items()))
+        return [found] * len(requests)
+
+    async def _fetch_heads(self, request: list[tuple[str, int | None]]) -> dict[str, StreamHead]:
+        rows = await self._pool.fetch(
+            "SELECT h.stream_id, h.version, h.last_hash, h.snapshot_version,"
+            " CASE WHEN k.known IS DISTINCT FROM h.version THEN h.snapshot END AS snapshot"
+            " FROM unnest($1::text[], $2::int[]) AS k(stream_id, known) JOIN stream_heads h USING (stream_id)",
+            [stream_id for stream_id, _ in request], [known for _, known in request],
+        )
+        return {
+            row["stream_id"]: StreamHead(
+                row["stream_id"], row["version"], bytes(row["last_hash"]),
+                json.loads(row["snapshot"]) if row["snapshot"] is not None else None, row["snapshot_version"],
+            )
+            for row in rows
+        }
 
     async def head(self, stream_id: str) -> StreamHead | None:
         row = await self._pool.fetchrow(

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import asyncpg
 
+from events.batching import Coalescer
 from service.crypto.keyring import KEY_BYTES, Keyring, KeyringError, UnwrapError
 
 _ATTEMPTS = 3  # for the (astronomically rare) key_id collision, or a deadlock between bulk creators
@@ -113,6 +114,10 @@ class DataKeys:
         self._cache_ttl = cache_ttl
         self._cache: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
         self._shreds = 0  # bumped by every shred: a read that overlapped one does not cache
+        # Concurrent creations of keys for new owners go in one INSERT; an owner it could not
+        # insert (it has a key already) is read the ordinary way.
+        self._creator = Coalescer(
+            self._insert_new, alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError), max_in_flight=1)
 
     @property
     def keyring(self) -> Keyring:
@@ -185,7 +190,11 @@ class DataKeys:
         if cached is not None:
             return cached
         shreds = self._shreds
-        row = None if likely_new else await self._pool.fetchrow(f"{_SELECT} WHERE owner = $1", owner)
+        if likely_new:
+            created = await self._creator.submit(owner, owner)
+            if created is not None:
+                return created
+        row = await self._pool.fetchrow(f"{_SELECT} WHERE owner = $1", owner)
         for _ in range(_ATTEMPTS):
             if row is not None:
                 return self._from_row(row, shreds)
@@ -201,6 +210,19 @@ class DataKeys:
         if row is not None:
             return self._from_row(row, shreds)
         raise DataKeyError(f"data key: could not create a key for {owner}")
+
+    async def _insert_new(self, owners: list[str]) -> dict[str, DataKey]:
+        """Fresh keys for the owners that have none; the others are left out."""
+        owners = sorted(owners)  # row locks in one order across concurrent batches: no deadlocks
+        made = {owner: DataKey(owner, new_key_id(), os.urandom(KEY_BYTES)) for owner in owners}
+        wrapped = [self._keyring.wrap(made[owner].key) for owner in owners]
+        rows = await self._pool.fetch(
+            _INSERT_MANY, owners, [made[owner].key_id for owner in owners], [w[0] for w in wrapped], [w[1] for w in wrapped]
+        )
+        inserted = {row["owner"]: made[row["owner"]] for row in rows}
+        for key in inserted.values():
+            self._remember(key)
+        return inserted
 
     async def create_many(self, owners: list[str]) -> dict[str, DataKey]:
         """Keys for many owners at once (imports): one INSERT for the missing ones, one SELECT for the rest.

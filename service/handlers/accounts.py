@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Literal
 
+import asyncpg
+
+from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
 from service.crypto.datakeys import KeyShreddedError
@@ -19,7 +22,7 @@ from service.domain.errors import DomainError
 from service.domain.identity import account_id_for, account_stream
 from service.domain.integration import IntegrationState
 from service.handlers.import_profiles import ParsedRecord, export_record
-from service.handlers.repositories import load_account, load_integration
+from service.handlers.repositories import load_account, load_account_and_integration, load_integration
 from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork, snapshot_of
 
@@ -76,31 +79,35 @@ async def import_account(
     account_id = account_id_for(cmd)
     stream = account_stream(account_id)
     if integration is None:
-        integration = await load_integration(uow.store, cmd.environment, cmd.integration)
+        state, integration = await load_account_and_integration(
+            uow.store, uow.shared.integrations, account_id, cmd.environment, cmd.integration)
+    else:
+        state = await load_account(uow.store, account_id)
     fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
-    before: dict[str, AccountState] = {}
-
-    async def load() -> AccountState:
-        before["state"] = await load_account(uow.store, account_id)
-        return before["state"]
 
     def decide(state: AccountState, now: datetime):
         return account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
 
-    data_key = None
+    now = uow.clock()
+    events = decide(state, now)
+    if not events:
+        return ImportOutcome(account_id, "unchanged", state)
+    data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
+    loaded = [state]
+
+    async def load() -> AccountState:
+        loaded.append(await load_account(uow.store, account_id))
+        return loaded[-1]
 
     def encode(events, now):
         return _to_new_events(uow, stream, events, now, cmd, data_key)
 
-    state = await load()
-    if decide(state, uow.clock()):
-        data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
     new_state, events = await decide_and_append(uow, stream, load=load, decide=decide, evolve=account_domain.evolve,
-                                                encode=encode, initial=state)
+                                                encode=encode, initial=state, decided=(now, events))
     if not events:
         return ImportOutcome(account_id, "unchanged", new_state)
     await schedule_accounts(uow, [new_state])
-    return ImportOutcome(account_id, "imported" if before["state"].status is None else "updated", new_state)
+    return ImportOutcome(account_id, "imported" if loaded[-1].status is None else "updated", new_state)
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -208,12 +215,24 @@ async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None
     due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
     due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
             if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
+    if len(due) == 1:
+        # One account (a single command): written together with concurrent commands' accounts.
+        batcher = uow.shared.batcher("refresh_schedule", lambda: Coalescer(
+            lambda batch: _write_schedule(uow.pool, batch), alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError),
+            max_in_flight=1))
+        if await batcher.submit(due[0][0], due[0]):
+            return
     if due:
-        await uow.pool.execute(
-            "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
-            " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0",
-            [d[0] for d in due], [d[1] for d in due],
-        )
+        await _write_schedule(uow.pool, due)
+
+
+async def _write_schedule(pool: asyncpg.Pool, due: list[tuple[uuid.UUID, datetime]]) -> list[bool]:
+    await pool.execute(
+        "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
+        " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0",
+        [d[0] for d in due], [d[1] for d in due],
+    )
+    return [True] * len(due)
 
 
 async def read_for_token(uow: UnitOfWork, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None]:
