@@ -24,7 +24,7 @@ from service.domain.integration import IntegrationState
 from service.handlers.import_profiles import ParsedRecord, export_record
 from service.handlers.repositories import load_account, load_account_and_integration, load_integration
 from service.handlers.commit import decide_and_append
-from service.handlers.uow import UnitOfWork, snapshot_of
+from service.handlers.uow import UnitOfWork, snapshot_json
 
 Outcome = Literal["imported", "updated", "unchanged"]
 
@@ -120,12 +120,13 @@ async def import_accounts(
     Every record gets its own result; a bad one never stops or hides the others."""
     results: dict[int, RecordResult] = {}
     integrations: dict[tuple[str, str], IntegrationState] = {}
-    commands: list[tuple[ParsedRecord, ImportAccount]] = []
+    commands: list[tuple[ParsedRecord, ImportAccount, uuid.UUID, str]] = []  # with the account id and stream
     for record in records:
         if record.error is not None:
             results[record.line] = RecordResult(record.line, "rejected", field=record.error.field, reason=record.error.reason)
         else:
-            commands.append((record, record.command))
+            account_id = account_id_for(record.command)
+            commands.append((record, record.command, account_id, account_stream(account_id)))
             key = (record.command.environment, record.command.integration)
             if key not in integrations:
                 integrations[key] = await load_integration(uow.store, *key)
@@ -137,18 +138,15 @@ async def import_accounts(
         results[record.line] = RecordResult(record.line, "rejected", field=field, reason=str(error))
 
     existing_heads = await uow.pool.fetch(
-        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])",
-        [account_stream(account_id_for(cmd)) for _, cmd in commands],
-    )
+        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])
     existing = {row["stream_id"] for row in existing_heads}
-    fresh = [(r, c) for r, c in commands if account_stream(account_id_for(c)) not in existing]
-    known = [(r, c) for r, c in commands if account_stream(account_id_for(c)) in existing]
+    fresh = [c for c in commands if c[3] not in existing]
+    known = [(r, c) for r, c, _, stream in commands if stream in existing]
 
     async def write(planned_chunk, streams, states) -> None:
         created = await uow.store.create_streams(streams) if streams else {}
         await schedule_accounts(uow, [states[s] for s, results in created.items() if results is not None])
-        for record, cmd, account_id, *_ in planned_chunk:
-            stream = account_stream(account_id)
+        for record, cmd, account_id, stream, *_ in planned_chunk:
             if created.get(stream) is None:
                 known.append((record, cmd))  # created meanwhile by someone else: an update
             else:
@@ -158,11 +156,9 @@ async def import_accounts(
     # work, the writing PostgreSQL's), with at most two writes in flight.
     writes: list[asyncio.Task] = []
     for start in range(0, len(fresh), chunk):
-        part = fresh[start:start + chunk]
         now = uow.clock()
         planned = []
-        for record, cmd in part:
-            account_id = account_id_for(cmd)
+        for record, cmd, account_id, stream in fresh[start:start + chunk]:
             blank = AccountState.blank(account_id)
             try:
                 fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
@@ -172,21 +168,19 @@ async def import_accounts(
             except DomainError as error:
                 reject(record, error)
                 continue
-            planned.append((record, cmd, account_id, events, blank))
+            planned.append((record, cmd, account_id, stream, account_domain.fold(blank, events), events))
         try:
-            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
+            data_keys = await uow.data_keys.create_many([p[3] for p in planned])
         except KeyShreddedError as shredded:
             # Deleted meanwhile: the ordinary path refuses them by name; the rest go on.
             gone = set(shredded.owners)
-            known.extend((r, c) for r, c, a, _, _ in planned if account_stream(a) in gone)
-            planned = [p for p in planned if account_stream(p[2]) not in gone]
-            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
+            known.extend((p[0], p[1]) for p in planned if p[3] in gone)
+            planned = [p for p in planned if p[3] not in gone]
+            data_keys = await uow.data_keys.create_many([p[3] for p in planned])
         streams, states = [], {}
-        for record, cmd, account_id, events, blank in planned:
-            stream = account_stream(account_id)
-            state = account_domain.fold(blank, events)
+        for record, cmd, account_id, stream, state, events in planned:
             states[stream] = state
-            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_of(state)))
+            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_json(state)))
         writes = [w for w in writes if not w.done()]
         if len(writes) >= 2:
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
