@@ -134,15 +134,15 @@ RETURNING stream_id, position, version, hash
 # writer computes every hash itself and thousands of streams go in one statement. A stream that
 # exists already is skipped (ON CONFLICT) and reported back, to be appended to the ordinary way.
 _CREATE_STREAMS = """
-WITH heads AS (
+WITH {gates}heads AS (
   INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
   SELECT h.stream_id, h.version, h.prev_hash, h.last_hash, pg_current_xact_id(), h.snapshot::jsonb,
          CASE WHEN h.snapshot IS NULL THEN NULL ELSE h.version END
     FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bytea[], $5::text[])
-      AS h(stream_id, version, prev_hash, last_hash, snapshot)
+      AS h(stream_id, version, prev_hash, last_hash, snapshot){gate_filter}
   ON CONFLICT (stream_id) DO NOTHING
   RETURNING stream_id
-)
+){followers}
 INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
                     occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
 SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.secret, e.key_id,
@@ -155,6 +155,51 @@ SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.s
  ORDER BY e.stream_id, e.version
 RETURNING stream_id, position, version, hash
 """
+_CREATE_PARAMETERS = 19
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A row of another table that belongs with a new stream, written by the statement that
+    creates the stream, so that both or neither are stored (and in one round trip).
+
+    `insert` writes the rows of a batch of new streams: an INSERT ... SELECT from `{rows}`, a
+    relation with the columns `stream_id` and then `columns` ((name, SQL type) pairs); `values`
+    is this stream's row. A `gate` companion is written first and must return the stream_id of
+    each row it wrote (`RETURNING ... AS stream_id`): a stream it writes no row for is not created
+    (e.g. the data key its secrets are encrypted under, when the owner has a key already). Other
+    companions are written only for the streams created.
+    """
+
+    insert: str
+    columns: tuple[tuple[str, str], ...]
+    values: tuple
+    gate: bool = False
+
+    @property
+    def kind(self) -> tuple:
+        return (self.insert, self.columns, self.gate)
+
+
+def _creation_sql(kinds: tuple[tuple, ...]) -> str:
+    """The stream-creation statement with these kinds of companions."""
+    gates, filters, followers = [], [], []
+    parameter = _CREATE_PARAMETERS
+    for index, (insert, columns, gate) in enumerate(kinds):
+        arrays = [f"${parameter + 1}::text[]"] + [f"${parameter + 2 + i}::{kind}[]" for i, (_, kind) in enumerate(columns)]
+        parameter += 1 + len(columns)
+        names = ", ".join(["stream_id", *(name for name, _ in columns)])
+        rows = f"(SELECT * FROM unnest({', '.join(arrays)}) AS c({names})"
+        if gate:
+            gates.append(f"companion{index} AS ({insert.format(rows=rows + ') AS rows')}),\n")
+            filters.append(f"h.stream_id IN (SELECT stream_id FROM companion{index})")
+        else:
+            rows += " WHERE c.stream_id IN (SELECT stream_id FROM heads)) AS rows"
+            followers.append(f", companion{index} AS ({insert.format(rows=rows)})")
+    return _CREATE_STREAMS.format(
+        gates="".join(gates), gate_filter="\n   WHERE " + " AND ".join(filters) if filters else "",
+        followers="".join(followers),
+    )
 
 
 def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200) -> None:
@@ -183,12 +228,12 @@ class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
         # An item a batch could not place retries alone, and meets its own error there.
-        alone_on = (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError)
+        self._alone_on = alone_on = (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError)
         self._group_commit = Coalescer(self._send_appends, alone_on=alone_on)
-        # One batch at a time: while it is out, the next one gathers (the larger the batch, the
-        # less each stream costs in round trips, statements and commits).
-        self._stream_creator = Coalescer(self._create_prepared, alone_on=alone_on, max_in_flight=1)
-        self._head_reader = Coalescer(self._read_heads, alone_on=alone_on, max_in_flight=1)
+        self._stream_creator = Coalescer(self._create_prepared, alone_on=alone_on)
+        self._head_reader = Coalescer(self._read_heads, alone_on=alone_on)
+        self._creators: dict[tuple, Coalescer] = {}  # creations with companions, by their kinds
+        self._creation_statements: dict[tuple, str] = {(): _creation_sql(())}
 
     async def append(
         self,
@@ -248,11 +293,38 @@ class PostgresEventStore:
             for stream_id, stream_events, snapshot in streams
         ])
 
-    async def _create_prepared(self, streams: list[tuple[str, list[tuple], str | None]]) -> dict[str, list[AppendResult] | None]:
-        """create_streams for streams whose rows `_prepare` made: the writer chains every hash."""
+    async def create_stream(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        snapshot: dict[str, Any] | str | None = None,
+        companions: Sequence[Companion] = (),
+    ) -> list[AppendResult] | None:
+        """Create a new stream with its events, head snapshot and companion rows (see Companion),
+        in one statement shared with concurrent creations. None when the stream exists already or a
+        gate companion refused it: nothing of it was written then."""
+        rows = self._prepare(stream_id, events, 0)
+        kinds = tuple(companion.kind for companion in companions)
+        item = (stream_id, rows, _snapshot_text(snapshot), tuple(companion.values for companion in companions))
+        creator = self._creators.get(kinds)
+        if creator is None:
+            creator = self._creators[kinds] = Coalescer(
+                lambda batch: self._create_prepared(batch, kinds), alone_on=self._alone_on)
+        stored = await creator.submit(stream_id, item)
+        if stored is None:  # not created, or the shared statement failed: alone, to know which
+            stored = (await self._create_prepared([item], kinds))[stream_id]
+        return stored
+
+    async def _create_prepared(
+        self, streams: list[tuple], kinds: tuple[tuple, ...] = ()
+    ) -> dict[str, list[AppendResult] | None]:
+        """create_streams for streams whose rows `_prepare` made (stream_id, rows, snapshot text[,
+        companion values]): the writer chains every hash."""
+        streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
         heads: list[tuple] = []
         events: list[tuple] = []
-        for stream_id, rows, snapshot in streams:
+        for stream_id, rows, snapshot, *_ in streams:
             prev = last_prev = GENESIS_HASH
             for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
                           body) in enumerate(rows, start=1):
@@ -261,13 +333,20 @@ class PostgresEventStore:
                                actor, corr, cause, prev, current))
                 last_prev, prev = prev, current
             heads.append((stream_id, len(rows), last_prev, prev, snapshot))
+        companions: list[list] = []
+        for index in range(len(kinds)):
+            companions.append([stream[0] for stream in streams])
+            companions.extend(map(list, zip(*(stream[3][index] for stream in streams))))
+        sql = self._creation_statements.get(kinds)
+        if sql is None:
+            sql = self._creation_statements[kinds] = _creation_sql(kinds)
         try:
-            rows = await self._pool.fetch(_CREATE_STREAMS, *map(list, zip(*heads)), *map(list, zip(*events)))
+            rows = await self._pool.fetch(sql, *map(list, zip(*heads)), *map(list, zip(*events)), *companions)
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:
             raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
-        created: dict[str, list[AppendResult] | None] = {stream_id: None for stream_id, _, _ in streams}
+        created: dict[str, list[AppendResult] | None] = {stream[0]: None for stream in streams}
         for row in rows:
             results = created[row["stream_id"]] or []
             results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))

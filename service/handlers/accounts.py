@@ -13,6 +13,7 @@ import asyncpg
 from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
+from events.store import Companion
 from service.crypto.datakeys import KeyShreddedError
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
@@ -92,6 +93,16 @@ async def import_account(
     events = decide(state, now)
     if not events:
         return ImportOutcome(account_id, "unchanged", state)
+    if state.status is None:
+        created = await _create_account(uow, cmd, stream, state, now, events)
+        if created is not None:
+            return created
+        # Created meanwhile by someone else, or its key was: the ordinary way, as an update.
+        state = await load_account(uow.store, account_id)
+        now = uow.clock()
+        events = decide(state, now)
+        if not events:
+            return ImportOutcome(account_id, "unchanged", state)
     data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
     loaded = [state]
 
@@ -108,6 +119,31 @@ async def import_account(
         return ImportOutcome(account_id, "unchanged", new_state)
     await schedule_accounts(uow, [new_state])
     return ImportOutcome(account_id, "imported" if loaded[-1].status is None else "updated", new_state)
+
+
+# A new account's refresh schedule row, written with its stream (events.store.Companion).
+_SCHEDULE_WITH_STREAM = (
+    "INSERT INTO refresh_schedule (account_id, due_at) SELECT account_id, due_at FROM {rows} WHERE due_at IS NOT NULL"
+    " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0"
+)
+_SCHEDULE_COLUMNS = (("account_id", "uuid"), ("due_at", "timestamptz"))
+
+
+async def _create_account(
+    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list
+) -> ImportOutcome | None:
+    """A new account in one statement, shared with concurrent ones: its data key, its stream and
+    its refresh schedule, all or nothing. None when its stream or its key exists already."""
+    data_key, key_row = uow.data_keys.new_key(stream)
+    state = account_domain.fold(blank, events)
+    due = _due(uow, [state])
+    schedule_row = Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
+    stored = await uow.store.create_stream(stream, _to_new_events(uow, stream, events, now, cmd, data_key),
+                                           snapshot=snapshot_json(state), companions=(key_row, schedule_row))
+    if stored is None:
+        return None
+    uow.data_keys.created(data_key)
+    return ImportOutcome(state.account_id, "imported", state)
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -206,18 +242,22 @@ async def import_accounts(
 async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None:
     """Due for a proactive refresh at a random moment 60-180 s before expiry (oauth2 tokens that
     expire); accounts still connecting are due at once, for their health check."""
-    due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
-    due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
-            if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
+    due = _due(uow, states)
     if len(due) == 1:
         # One account (a single command): written together with concurrent commands' accounts.
         batcher = uow.shared.batcher("refresh_schedule", lambda: Coalescer(
-            lambda batch: _write_schedule(uow.pool, batch), alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError),
-            max_in_flight=1))
+            lambda batch: _write_schedule(uow.pool, batch), alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError)))
         if await batcher.submit(due[0][0], due[0]):
             return
     if due:
         await _write_schedule(uow.pool, due)
+
+
+def _due(uow: UnitOfWork, states: list[AccountState]) -> list[tuple[uuid.UUID, datetime]]:
+    due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
+    due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
+            if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
+    return due
 
 
 async def _write_schedule(pool: asyncpg.Pool, due: list[tuple[uuid.UUID, datetime]]) -> list[bool]:
