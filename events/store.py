@@ -163,12 +163,13 @@ class Companion:
     """A row of another table that belongs with a new stream, written by the statement that
     creates the stream, so that both or neither are stored (and in one round trip).
 
-    `insert` writes the rows of a batch of new streams: an INSERT ... SELECT from `{rows}`, a
-    relation with the columns `stream_id` and then `columns` ((name, SQL type) pairs); `values`
-    is this stream's row. A `gate` companion is written first and must return the stream_id of
-    each row it wrote (`RETURNING ... AS stream_id`): a stream it writes no row for is not created
-    (e.g. the data key its secrets are encrypted under, when the owner has a key already). Other
-    companions are written only for the streams created.
+    `insert` writes the rows of a batch of new streams: an INSERT ... SELECT from `{rows}` (its
+    only placeholder; other braces doubled), a relation with the columns `stream_id` and then
+    `columns` ((name, SQL type) pairs); `values` is this stream's row. A `gate` companion is
+    written first and must return the stream_id of each row it wrote (`RETURNING ... AS
+    stream_id`): a stream it writes no row for is not created (e.g. the data key its secrets are
+    encrypted under, when the owner has a key already). Other companions are written only for the
+    streams created.
     """
 
     insert: str
