@@ -281,18 +281,22 @@ class PostgresEventStore:
         rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
         return {r["stream_id"]: [AppendResult(r["position"], r["version"], bytes(r["hash"]))] for r in rows}
 
-    async def create_streams(
-        self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | str | None]]
-    ) -> dict[str, list[AppendResult] | None]:
-        """Create many new streams at once, each with its events and head snapshot, in one
-        transaction. Returns each stream's results, or None for a stream that already existed
+    async def create_streams(self, streams: Sequence[tuple]) -> dict[str, list[AppendResult] | None]:
+        """Create many new streams at once, each (stream_id, events, head snapshot[, companions]),
+        in one transaction; the streams of one call have companions of the same kinds. Returns each
+        stream's results, or None for a stream that already existed or that a gate companion refused
         (nothing of it was written)."""
-        if len({stream_id for stream_id, _, _ in streams}) != len(streams):
+        if len({stream[0] for stream in streams}) != len(streams):
             raise InvalidEventError("each stream may appear once in create_streams")
+        companions = [stream[3] if len(stream) > 3 else () for stream in streams]
+        kinds = {tuple(companion.kind for companion in each) for each in companions}
+        if len(kinds) > 1:
+            raise InvalidEventError("the streams of one create_streams call need companions of the same kinds")
         return await self._create_prepared([
-            (stream_id, self._prepare(stream_id, stream_events, 0), _snapshot_text(snapshot))
-            for stream_id, stream_events, snapshot in streams
-        ])
+            (stream[0], self._prepare(stream[0], stream[1], 0), _snapshot_text(stream[2]),
+             tuple(companion.values for companion in each))
+            for stream, each in zip(streams, companions)
+        ], kinds.pop() if kinds else ())
 
     async def create_stream(
         self,

@@ -14,7 +14,6 @@ from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
 from events.store import Companion
-from service.crypto.datakeys import KeyShreddedError
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
 from service.domain.account import AccountState
@@ -136,14 +135,17 @@ async def _create_account(
     its refresh schedule, all or nothing. None when its stream or its key exists already."""
     data_key, key_row = uow.data_keys.new_key(stream)
     state = account_domain.fold(blank, events)
-    due = _due(uow, [state])
-    schedule_row = Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
     stored = await uow.store.create_stream(stream, _to_new_events(uow, stream, events, now, cmd, data_key),
-                                           snapshot=snapshot_json(state), companions=(key_row, schedule_row))
+                                           snapshot=snapshot_json(state), companions=(key_row, _schedule_row(uow, state)))
     if stored is None:
         return None
     uow.data_keys.created(data_key)
     return ImportOutcome(state.account_id, "imported", state)
+
+
+def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
+    due = _due(uow, [state])
+    return Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -179,21 +181,22 @@ async def import_accounts(
     fresh = [c for c in commands if c[3] not in existing]
     known = [(r, c) for r, c, _, stream in commands if stream in existing]
 
-    async def write(planned_chunk, streams, states) -> None:
+    async def write(planned_chunk, streams, states, keys) -> None:
         created = await uow.store.create_streams(streams) if streams else {}
-        await schedule_accounts(uow, [states[s] for s, results in created.items() if results is not None])
         for record, cmd, account_id, stream, *_ in planned_chunk:
             if created.get(stream) is None:
-                known.append((record, cmd))  # created meanwhile by someone else: an update
+                known.append((record, cmd))  # created meanwhile by someone else, or its key was: an update
             else:
+                uow.data_keys.created(keys[stream])
                 results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
 
     # Chunks are pipelined: one is written while the next is prepared (the preparing is Python's
-    # work, the writing PostgreSQL's), with at most two writes in flight.
+    # work, the writing PostgreSQL's), with at most two writes in flight. Each account's data key
+    # and refresh schedule are written by the statement that creates its stream.
     writes: list[asyncio.Task] = []
     for start in range(0, len(fresh), chunk):
         now = uow.clock()
-        planned = []
+        streams, states, keys = [], {}, {}
         for record, cmd, account_id, stream in fresh[start:start + chunk]:
             blank = AccountState.blank(account_id)
             try:
@@ -204,23 +207,16 @@ async def import_accounts(
             except DomainError as error:
                 reject(record, error)
                 continue
-            planned.append((record, cmd, account_id, stream, account_domain.fold(blank, events), events))
-        try:
-            data_keys = await uow.data_keys.create_many([p[3] for p in planned])
-        except KeyShreddedError as shredded:
-            # Deleted meanwhile: the ordinary path refuses them by name; the rest go on.
-            gone = set(shredded.owners)
-            known.extend((p[0], p[1]) for p in planned if p[3] in gone)
-            planned = [p for p in planned if p[3] not in gone]
-            data_keys = await uow.data_keys.create_many([p[3] for p in planned])
-        streams, states = [], {}
-        for record, cmd, account_id, stream, state, events in planned:
-            states[stream] = state
-            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_json(state)))
+            states[stream] = state = account_domain.fold(blank, events)
+            keys[stream], key_row = uow.data_keys.new_key(stream)
+            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, keys[stream]), snapshot_json(state),
+                            (key_row, _schedule_row(uow, state))))
+        planned = [(record, cmd, account_id, stream) for record, cmd, account_id, stream in fresh[start:start + chunk]
+                   if stream in states]
         writes = [w for w in writes if not w.done()]
         if len(writes) >= 2:
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-        writes.append(asyncio.create_task(write(planned, streams, states)))
+        writes.append(asyncio.create_task(write(planned, streams, states, keys)))
         await asyncio.sleep(0)  # let the write start before the next chunk's preparing
     await asyncio.gather(*writes)
 
