@@ -43,16 +43,21 @@ def _refuse_number(text: str) -> Any:
     raise ValueError(text)
 
 
+# Built once: json.dumps/json.loads with options build a new encoder/decoder on every call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_EXACT_DECODER = json.JSONDecoder(parse_float=_refuse_number, parse_constant=_refuse_number)
+
+
 def canonical_json(value: Any, *, what: str = "data", limit: int = MAX_PAYLOAD_BYTES) -> str:
     """Encode `value` canonically, refusing floats, non-JSON values and oversized payloads."""
     try:
         if not isinstance(value, dict):
             raise ValueError("not an object")
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
         encoded = text.encode()
         # Parsing back in C is the cheap way to find what JSON cannot hold exactly: floats refuse to
         # parse, and keys json.dumps coerced to strings or tuples turned lists make the copy differ.
-        if json.loads(text, parse_float=_refuse_number, parse_constant=_refuse_number) != value:
+        if _EXACT_DECODER.decode(text) != value:
             raise ValueError("changed by encoding")
     except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) is a ValueError
         _check(value, what)

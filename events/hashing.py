@@ -19,7 +19,9 @@ def format_instant(instant: datetime) -> str:
     """Microsecond ISO-8601 UTC, the precision PostgreSQL's timestamptz keeps."""
     if instant.tzinfo is None:
         raise ValueError("instants must be timezone-aware")
-    return instant.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if instant.tzinfo is not timezone.utc:
+        instant = instant.astimezone(timezone.utc)
+    return instant.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
 
 
 def header_bytes(
@@ -36,25 +38,16 @@ def header_bytes(
     key_id: str | None,
 ) -> bytes:
     # Every field is a str, int or None with fixed names, so a sorted template is canonical JSON.
-    return _HEADER_TEMPLATE.format(
-        actor=_text(actor),
-        causation_id=_text(str(causation_id)) if causation_id else "null",
-        correlation_id=_text(str(correlation_id)) if correlation_id else "null",
-        event_id=_text(str(event_id)),
-        key_id=_text(key_id) if key_id is not None else "null",
-        occurred_at=_text(format_instant(occurred_at)),
-        schema_version=int(schema_version),
-        stream_id=_text(stream_id),
-        type=_text(type),
-        version=int(version),
+    return (
+        f'{{"actor":{_text(actor)},'
+        f'"causation_id":{_text(str(causation_id)) if causation_id else "null"},'
+        f'"correlation_id":{_text(str(correlation_id)) if correlation_id else "null"},'
+        f'"event_id":{_text(str(event_id))},'
+        f'"key_id":{_text(key_id) if key_id is not None else "null"},'
+        f'"occurred_at":{_text(format_instant(occurred_at))},'
+        f'"schema_version":{int(schema_version)},"stream_id":{_text(stream_id)},'
+        f'"type":{_text(type)},"version":{int(version)}}}'
     ).encode()
-
-
-_HEADER_TEMPLATE = (
-    '{{"actor":{actor},"causation_id":{causation_id},"correlation_id":{correlation_id},'
-    '"event_id":{event_id},"key_id":{key_id},"occurred_at":{occurred_at},'
-    '"schema_version":{schema_version},"stream_id":{stream_id},"type":{type},"version":{version}}}'
-)
 
 
 def _framed(part: bytes) -> bytes:

@@ -3,10 +3,11 @@
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import asyncpg
 
+from events.batching import Coalescer
 from events.canonical import MAX_PAYLOAD_BYTES, canonical_json
 from events.envelope import LogPosition, NewEvent, RecordedEvent
 from events.errors import (
@@ -129,93 +130,19 @@ RETURNING stream_id, position, version, hash
 """
 
 
-@dataclass
-class _Pending:
-    stream_id: str
-    payload: Any
-    done: asyncio.Future
-
-
-class _Coalescer:
-    """Sends queued writes in batches, at most `max_in_flight` at a time (group commit).
-
-    A lone write is sent at once; writes arriving while batches are in flight wait for the next
-    one, so batching costs no latency at low load and saves commits and round trips at high load.
-    `send(payloads)` returns each stream's results, or None for a stream it could not place.
-    """
-
-    def __init__(self, send, max_in_flight: int = 2, max_batch: int = 256):
-        self._send_batch = send
-        self._max_in_flight = max_in_flight
-        self._max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._in_flight = 0
-        self._sending = 0
-
-    async def submit(self, stream_id: str, payload: Any):
-        item = _Pending(stream_id, payload, asyncio.get_running_loop().create_future())
-        self._queue.append(item)
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            asyncio.create_task(self._drain())
-        return await item.done
-
-    def _take(self) -> list[_Pending]:
-        """This drainer's share of the queue, one item per stream (a second one for a stream waits:
-        it needs the first's version). Shares are even across idle drainers, so the batches run on
-        several connections at once instead of one long batch on one."""
-        idle = max(1, self._in_flight - self._sending)
-        share = min(self._max_batch, -(-len(self._queue) // idle))
-        batch, streams, rest = [], set(), []
-        for item in self._queue:
-            if len(batch) < share and item.stream_id not in streams:
-                streams.add(item.stream_id)
-                batch.append(item)
-            else:
-                rest.append(item)
-        self._queue = rest
-        return batch
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                self._sending += 1
-                try:
-                    await self._send(batch)
-                finally:
-                    self._sending -= 1
-        finally:
-            self._in_flight -= 1
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        try:
-            placed = await self._send_batch([item.payload for item in batch])
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError):
-            placed = {}  # each item retries alone and meets its own error there
-        except BaseException as exc:
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(exc)
-            raise
-        for item in batch:
-            if not item.done.done():
-                item.done.set_result(placed.get(item.stream_id))
-
-
 # Bulk creation of new streams (imports): a new stream's chain starts at the genesis hash, so the
 # writer computes every hash itself and thousands of streams go in one statement. A stream that
 # exists already is skipped (ON CONFLICT) and reported back, to be appended to the ordinary way.
 _CREATE_STREAMS = """
-WITH heads AS (
+WITH {gates}heads AS (
   INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
   SELECT h.stream_id, h.version, h.prev_hash, h.last_hash, pg_current_xact_id(), h.snapshot::jsonb,
          CASE WHEN h.snapshot IS NULL THEN NULL ELSE h.version END
     FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bytea[], $5::text[])
-      AS h(stream_id, version, prev_hash, last_hash, snapshot)
+      AS h(stream_id, version, prev_hash, last_hash, snapshot){gate_filter}
   ON CONFLICT (stream_id) DO NOTHING
   RETURNING stream_id
-)
+){followers}
 INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
                     occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
 SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.secret, e.key_id,
@@ -228,6 +155,52 @@ SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.s
  ORDER BY e.stream_id, e.version
 RETURNING stream_id, position, version, hash
 """
+_CREATE_PARAMETERS = 19
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A row of another table that belongs with a new stream, written by the statement that
+    creates the stream, so that both or neither are stored (and in one round trip).
+
+    `insert` writes the rows of a batch of new streams: an INSERT ... SELECT from `{rows}` (its
+    only placeholder; other braces doubled), a relation with the columns `stream_id` and then
+    `columns` ((name, SQL type) pairs); `values` is this stream's row. A `gate` companion is
+    written first and must return the stream_id of each row it wrote (`RETURNING ... AS
+    stream_id`): a stream it writes no row for is not created (e.g. the data key its secrets are
+    encrypted under, when the owner has a key already). Other companions are written only for the
+    streams created.
+    """
+
+    insert: str
+    columns: tuple[tuple[str, str], ...]
+    values: tuple
+    gate: bool = False
+
+    @property
+    def kind(self) -> tuple:
+        return (self.insert, self.columns, self.gate)
+
+
+def _creation_sql(kinds: tuple[tuple, ...]) -> str:
+    """The stream-creation statement with these kinds of companions."""
+    gates, filters, followers = [], [], []
+    parameter = _CREATE_PARAMETERS
+    for index, (insert, columns, gate) in enumerate(kinds):
+        arrays = [f"${parameter + 1}::text[]"] + [f"${parameter + 2 + i}::{kind}[]" for i, (_, kind) in enumerate(columns)]
+        parameter += 1 + len(columns)
+        names = ", ".join(["stream_id", *(name for name, _ in columns)])
+        rows = f"(SELECT * FROM unnest({', '.join(arrays)}) AS c({names})"
+        if gate:
+            gates.append(f"companion{index} AS ({insert.format(rows=rows + ') AS rows')}),\n")
+            filters.append(f"h.stream_id IN (SELECT stream_id FROM companion{index})")
+        else:
+            rows += " WHERE c.stream_id IN (SELECT stream_id FROM heads)) AS rows"
+            followers.append(f", companion{index} AS ({insert.format(rows=rows)})")
+    return _CREATE_STREAMS.format(
+        gates="".join(gates), gate_filter="\n   WHERE " + " AND ".join(filters) if filters else "",
+        followers="".join(followers),
+    )
 
 
 def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200) -> None:
@@ -245,11 +218,23 @@ def _validate_stream_id(stream_id: str) -> None:
     _validate_text("stream_id", stream_id)
 
 
+def _snapshot_text(snapshot: dict[str, Any] | str | None) -> str | None:
+    """A head snapshot is given as a JSON object or as its JSON text (PostgreSQL parses it as jsonb)."""
+    if snapshot is None or isinstance(snapshot, str):
+        return snapshot
+    return json.dumps(snapshot, separators=(",", ":"))
+
+
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
-        self._group_commit = _Coalescer(self._send_appends)
-        self._stream_creator = _Coalescer(self._send_creations)
+        # An item a batch could not place retries alone, and meets its own error there.
+        self._alone_on = alone_on = (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError)
+        self._group_commit = Coalescer(self._send_appends, alone_on=alone_on)
+        self._stream_creator = Coalescer(self._create_prepared, alone_on=alone_on)
+        self._head_reader = Coalescer(self._read_heads, alone_on=alone_on)
+        self._creators: dict[tuple, Coalescer] = {}  # creations with companions, by their kinds
+        self._creation_statements: dict[tuple, str] = {(): _creation_sql(())}
 
     async def append(
         self,
@@ -257,21 +242,24 @@ class PostgresEventStore:
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        snapshot: dict[str, Any] | None = None,
+        snapshot: dict[str, Any] | str | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> list[AppendResult]:
         """Append `events` to `stream_id` if it is at `expected_version` (0: a new stream).
 
+        `snapshot`, the stream's state after the append, as a JSON object or JSON text, is kept in
+        the head row.
+
         With `conn` the append joins the caller's transaction and must be its first write.
         """
         rows = self._prepare(stream_id, events, expected_version)
-        snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
+        snapshot_json = _snapshot_text(snapshot)
         if conn is None and len(rows) == 1:
             stored = await self._group_commit.submit(stream_id, (stream_id, expected_version, rows[0], snapshot_json))
             if stored:
                 return stored
         elif conn is None and expected_version == 0:
-            stored = await self._stream_creator.submit(stream_id, (stream_id, events, snapshot))
+            stored = await self._stream_creator.submit(stream_id, (stream_id, rows, snapshot_json))
             if stored:
                 return stored
         args = (stream_id, expected_version, *(list(column) for column in zip(*rows)), snapshot_json)
@@ -293,39 +281,77 @@ class PostgresEventStore:
         rows = await self._pool.fetch(_APPEND_BATCH, *columns, GENESIS_HASH)
         return {r["stream_id"]: [AppendResult(r["position"], r["version"], bytes(r["hash"]))] for r in rows}
 
-    async def _send_creations(self, items: list[tuple]) -> dict[str, list[AppendResult] | None]:
-        return await self.create_streams(items)
-
-    async def create_streams(
-        self, streams: Sequence[tuple[str, Sequence[NewEvent], dict[str, Any] | None]]
-    ) -> dict[str, list[AppendResult] | None]:
-        """Create many new streams at once, each with its events and head snapshot, in one
-        transaction. Returns each stream's results, or None for a stream that already existed
+    async def create_streams(self, streams: Sequence[tuple]) -> dict[str, list[AppendResult] | None]:
+        """Create many new streams at once, each (stream_id, events, head snapshot[, companions]),
+        in one transaction; the streams of one call have companions of the same kinds. Returns each
+        stream's results, or None for a stream that already existed or that a gate companion refused
         (nothing of it was written)."""
-        if len({stream_id for stream_id, _, _ in streams}) != len(streams):
+        if len({stream[0] for stream in streams}) != len(streams):
             raise InvalidEventError("each stream may appear once in create_streams")
-        heads: list[list[Any]] = [[], [], [], [], []]
-        events: list[list[Any]] = [[] for _ in range(14)]
-        for stream_id, stream_events, snapshot in streams:
-            rows = self._prepare(stream_id, stream_events, 0)
-            prev = GENESIS_HASH
-            for version, row in enumerate(rows, start=1):
-                event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause, body = row
+        companions = [stream[3] if len(stream) > 3 else () for stream in streams]
+        kinds = {tuple(companion.kind for companion in each) for each in companions}
+        if len(kinds) > 1:
+            raise InvalidEventError("the streams of one create_streams call need companions of the same kinds")
+        return await self._create_prepared([
+            (stream[0], self._prepare(stream[0], stream[1], 0), _snapshot_text(stream[2]),
+             tuple(companion.values for companion in each))
+            for stream, each in zip(streams, companions)
+        ], kinds.pop() if kinds else ())
+
+    async def create_stream(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        snapshot: dict[str, Any] | str | None = None,
+        companions: Sequence[Companion] = (),
+    ) -> list[AppendResult] | None:
+        """Create a new stream with its events, head snapshot and companion rows (see Companion),
+        in one statement shared with concurrent creations. None when the stream exists already or a
+        gate companion refused it: nothing of it was written then."""
+        rows = self._prepare(stream_id, events, 0)
+        kinds = tuple(companion.kind for companion in companions)
+        item = (stream_id, rows, _snapshot_text(snapshot), tuple(companion.values for companion in companions))
+        creator = self._creators.get(kinds)
+        if creator is None:
+            creator = self._creators[kinds] = Coalescer(
+                lambda batch: self._create_prepared(batch, kinds), alone_on=self._alone_on)
+        stored = await creator.submit(stream_id, item)
+        if stored is None:  # not created, or the shared statement failed: alone, to know which
+            stored = (await self._create_prepared([item], kinds))[stream_id]
+        return stored
+
+    async def _create_prepared(
+        self, streams: list[tuple], kinds: tuple[tuple, ...] = ()
+    ) -> dict[str, list[AppendResult] | None]:
+        """create_streams for streams whose rows `_prepare` made (stream_id, rows, snapshot text[,
+        companion values]): the writer chains every hash."""
+        streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
+        heads: list[tuple] = []
+        events: list[tuple] = []
+        for stream_id, rows, snapshot, *_ in streams:
+            prev = last_prev = GENESIS_HASH
+            for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
+                          body) in enumerate(rows, start=1):
                 current = chain_hash(prev, body)
-                for column, value in zip(events, (event_id, stream_id, version, type_, schema_version, data, secret,
-                                                  key_id, occurred_at, actor, corr, cause, prev, current)):
-                    column.append(value)
+                events.append((event_id, stream_id, version, type_, schema_version, data, secret, key_id, occurred_at,
+                               actor, corr, cause, prev, current))
                 last_prev, prev = prev, current
-            for column, value in zip(heads, (stream_id, len(rows), last_prev, prev,
-                                             json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None)):
-                column.append(value)
+            heads.append((stream_id, len(rows), last_prev, prev, snapshot))
+        companions: list[list] = []
+        for index in range(len(kinds)):
+            companions.append([stream[0] for stream in streams])
+            companions.extend(map(list, zip(*(stream[3][index] for stream in streams))))
+        sql = self._creation_statements.get(kinds)
+        if sql is None:
+            sql = self._creation_statements[kinds] = _creation_sql(kinds)
         try:
-            rows = await self._pool.fetch(_CREATE_STREAMS, *heads, *events)
+            rows = await self._pool.fetch(sql, *map(list, zip(*heads)), *map(list, zip(*events)), *companions)
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:
             raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
-        created: dict[str, list[AppendResult] | None] = {stream_id: None for stream_id, _, _ in streams}
+        created: dict[str, list[AppendResult] | None] = {stream[0]: None for stream in streams}
         for row in rows:
             results = created[row["stream_id"]] or []
             results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))
@@ -428,6 +454,44 @@ class PostgresEventStore:
             limit,
         )
         return [record_from_row(r) for r in rows]
+
+    async def heads(
+        self, stream_ids: Sequence[str], *, known: Mapping[str, int] | None = None
+    ) -> dict[str, StreamHead | None]:
+        """Several streams' heads (None: no such stream) in one query shared with concurrent callers.
+
+        A stream whose version is `known[stream_id]` comes without its snapshot: the caller holds
+        that version's state already (a cache checked against the head in the same read).
+        """
+        request = [(stream_id, (known or {}).get(stream_id)) for stream_id in stream_ids]
+        found = await self._head_reader.submit(None, request)
+        if found is None:  # the shared read failed: this one alone, with its own error
+            found = await self._fetch_heads(request)
+        return {stream_id: found.get(stream_id) for stream_id in stream_ids}
+
+    async def _read_heads(self, requests: list[list[tuple[str, int | None]]]) -> list[dict[str, StreamHead]]:
+        merged: dict[str, int | None] = {}
+        for request in requests:
+            for stream_id, known in request:
+                # Two readers holding different versions: both get the snapshot.
+                merged[stream_id] = known if merged.get(stream_id, known) == known else None
+        found = await self._fetch_heads(list(merged.items()))
+        return [found] * len(requests)
+
+    async def _fetch_heads(self, request: list[tuple[str, int | None]]) -> dict[str, StreamHead]:
+        rows = await self._pool.fetch(
+            "SELECT h.stream_id, h.version, h.last_hash, h.snapshot_version,"
+            " CASE WHEN k.known IS DISTINCT FROM h.version THEN h.snapshot END AS snapshot"
+            " FROM unnest($1::text[], $2::int[]) AS k(stream_id, known) JOIN stream_heads h USING (stream_id)",
+            [stream_id for stream_id, _ in request], [known for _, known in request],
+        )
+        return {
+            row["stream_id"]: StreamHead(
+                row["stream_id"], row["version"], bytes(row["last_hash"]),
+                json.loads(row["snapshot"]) if row["snapshot"] is not None else None, row["snapshot_version"],
+            )
+            for row in rows
+        }
 
     async def head(self, stream_id: str) -> StreamHead | None:
         row = await self._pool.fetchrow(

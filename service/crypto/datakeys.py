@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 
 import asyncpg
 
+from events.batching import Coalescer
+from events.store import Companion
 from service.crypto.keyring import KEY_BYTES, Keyring, KeyringError, UnwrapError
 
 _ATTEMPTS = 3  # for the (astronomically rare) key_id collision, or a deadlock between bulk creators
@@ -85,6 +87,14 @@ ON CONFLICT DO NOTHING
 RETURNING owner
 """
 
+# A new stream's key, written by the statement that creates the stream (events.store.Companion):
+# the stream is created only if this row is, so no secret is ever stored under a key that is not.
+_KEY_WITH_STREAM = (
+    "INSERT INTO data_keys (owner, key_id, kek_id, wrapped) SELECT stream_id, key_id, kek_id, wrapped FROM {rows}"
+    " ON CONFLICT DO NOTHING RETURNING owner AS stream_id"
+)
+_KEY_COLUMNS = (("key_id", "text"), ("kek_id", "text"), ("wrapped", "bytea"))
+
 _SHRED = """
 INSERT INTO data_keys (owner, key_id, kek_id, wrapped, shredded_at) VALUES ($1, $2, NULL, NULL, now())
 ON CONFLICT (owner) DO UPDATE
@@ -113,6 +123,9 @@ class DataKeys:
         self._cache_ttl = cache_ttl
         self._cache: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
         self._shreds = 0  # bumped by every shred: a read that overlapped one does not cache
+        # Concurrent creations of keys for new owners go in one INSERT; an owner it could not
+        # insert (it has a key already) is read the ordinary way.
+        self._creator = Coalescer(self._insert_new, alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError))
 
     @property
     def keyring(self) -> Keyring:
@@ -185,7 +198,11 @@ class DataKeys:
         if cached is not None:
             return cached
         shreds = self._shreds
-        row = None if likely_new else await self._pool.fetchrow(f"{_SELECT} WHERE owner = $1", owner)
+        if likely_new:
+            created = await self._creator.submit(owner, owner)
+            if created is not None:
+                return created
+        row = await self._pool.fetchrow(f"{_SELECT} WHERE owner = $1", owner)
         for _ in range(_ATTEMPTS):
             if row is not None:
                 return self._from_row(row, shreds)
@@ -201,6 +218,31 @@ class DataKeys:
         if row is not None:
             return self._from_row(row, shreds)
         raise DataKeyError(f"data key: could not create a key for {owner}")
+
+    def new_key(self, owner: str) -> tuple[DataKey, Companion]:
+        """A fresh key for a stream about to be created, not stored yet: the companion stores it
+        with the stream, and gates it (an owner with a key already gets no stream that way; it
+        takes the ordinary path, `get_or_create`). Call `created` once the stream is."""
+        key = DataKey(_check_owner(owner), new_key_id(), os.urandom(KEY_BYTES))
+        kek_id, wrapped = self._keyring.wrap(key.key)
+        return key, Companion(_KEY_WITH_STREAM, _KEY_COLUMNS, (key.key_id, kek_id, wrapped), gate=True)
+
+    def created(self, key: DataKey) -> None:
+        """A key from `new_key` is stored now (its stream was created)."""
+        self._remember(key)
+
+    async def _insert_new(self, owners: list[str]) -> dict[str, DataKey]:
+        """Fresh keys for the owners that have none; the others are left out."""
+        owners = sorted(owners)  # row locks in one order across concurrent batches: no deadlocks
+        made = {owner: DataKey(owner, new_key_id(), os.urandom(KEY_BYTES)) for owner in owners}
+        wrapped = [self._keyring.wrap(made[owner].key) for owner in owners]
+        rows = await self._pool.fetch(
+            _INSERT_MANY, owners, [made[owner].key_id for owner in owners], [w[0] for w in wrapped], [w[1] for w in wrapped]
+        )
+        inserted = {row["owner"]: made[row["owner"]] for row in rows}
+        for key in inserted.values():
+            self._remember(key)
+        return inserted
 
     async def create_many(self, owners: list[str]) -> dict[str, DataKey]:
         """Keys for many owners at once (imports): one INSERT for the missing ones, one SELECT for the rest.

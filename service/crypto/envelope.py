@@ -20,6 +20,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 _TAG_BYTES = 16
 _OVERHEAD = 1 + NONCE_BYTES + _TAG_BYTES
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class EnvelopeError(ValueError):
@@ -49,7 +50,7 @@ def _canonical(plaintext: dict[str, Any]) -> bytes:
     try:
         if not all(isinstance(k, str) for k in plaintext):
             raise TypeError
-        return json.dumps(plaintext, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return _ENCODER.encode(plaintext).encode()
     except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
         raise EnvelopeError("envelope: the plaintext is not a JSON object of JSON values (string keys, no NaN, valid Unicode)") from None
 

@@ -7,7 +7,6 @@ without ever seeing a token. The audit key is separate from the keyring and surv
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
@@ -56,7 +55,7 @@ class Fingerprinter:
 
     def fingerprint(self, value: str | bytes) -> str:
         data = value.encode() if isinstance(value, str) else bytes(value)
-        return PREFIX + hmac.new(self._key, data, hashlib.sha256).hexdigest()[:HEX_CHARS]
+        return PREFIX + hmac.digest(self._key, data, "sha256").hex()[:HEX_CHARS]  # one-shot, in C
 
     def _of(self, value: Any) -> str:
         if isinstance(value, (str, bytes, bytearray)):

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Literal
 
+import asyncpg
+
+from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
-from service.crypto.datakeys import KeyShreddedError
+from events.store import Companion
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
 from service.domain.account import AccountState
@@ -19,9 +22,9 @@ from service.domain.errors import DomainError
 from service.domain.identity import account_id_for, account_stream
 from service.domain.integration import IntegrationState
 from service.handlers.import_profiles import ParsedRecord, export_record
-from service.handlers.repositories import load_account, load_integration
+from service.handlers.repositories import load_account, load_account_and_integration, load_integration
 from service.handlers.commit import decide_and_append
-from service.handlers.uow import UnitOfWork, snapshot_of
+from service.handlers.uow import UnitOfWork, snapshot_json
 
 Outcome = Literal["imported", "updated", "unchanged"]
 
@@ -76,31 +79,73 @@ async def import_account(
     account_id = account_id_for(cmd)
     stream = account_stream(account_id)
     if integration is None:
-        integration = await load_integration(uow.store, cmd.environment, cmd.integration)
+        state, integration = await load_account_and_integration(
+            uow.store, uow.shared.integrations, account_id, cmd.environment, cmd.integration)
+    else:
+        state = await load_account(uow.store, account_id)
     fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
-    before: dict[str, AccountState] = {}
-
-    async def load() -> AccountState:
-        before["state"] = await load_account(uow.store, account_id)
-        return before["state"]
 
     def decide(state: AccountState, now: datetime):
         return account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
 
-    data_key = None
+    now = uow.clock()
+    events = decide(state, now)
+    if not events:
+        return ImportOutcome(account_id, "unchanged", state)
+    if state.status is None:
+        created = await _create_account(uow, cmd, stream, state, now, events)
+        if created is not None:
+            return created
+        # Created meanwhile by someone else, or its key was: the ordinary way, as an update.
+        state = await load_account(uow.store, account_id)
+        now = uow.clock()
+        events = decide(state, now)
+        if not events:
+            return ImportOutcome(account_id, "unchanged", state)
+    data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
+    loaded = [state]
+
+    async def load() -> AccountState:
+        loaded.append(await load_account(uow.store, account_id))
+        return loaded[-1]
 
     def encode(events, now):
         return _to_new_events(uow, stream, events, now, cmd, data_key)
 
-    state = await load()
-    if decide(state, uow.clock()):
-        data_key = await uow.data_keys.get_or_create(stream, likely_new=state.status is None)
     new_state, events = await decide_and_append(uow, stream, load=load, decide=decide, evolve=account_domain.evolve,
-                                                encode=encode, initial=state)
+                                                encode=encode, initial=state, decided=(now, events))
     if not events:
         return ImportOutcome(account_id, "unchanged", new_state)
     await schedule_accounts(uow, [new_state])
-    return ImportOutcome(account_id, "imported" if before["state"].status is None else "updated", new_state)
+    return ImportOutcome(account_id, "imported" if loaded[-1].status is None else "updated", new_state)
+
+
+# A new account's refresh schedule row, written with its stream (events.store.Companion).
+_SCHEDULE_WITH_STREAM = (
+    "INSERT INTO refresh_schedule (account_id, due_at) SELECT account_id, due_at FROM {rows} WHERE due_at IS NOT NULL"
+    " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0"
+)
+_SCHEDULE_COLUMNS = (("account_id", "uuid"), ("due_at", "timestamptz"))
+
+
+async def _create_account(
+    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list
+) -> ImportOutcome | None:
+    """A new account in one statement, shared with concurrent ones: its data key, its stream and
+    its refresh schedule, all or nothing. None when its stream or its key exists already."""
+    data_key, key_row = uow.data_keys.new_key(stream)
+    state = account_domain.fold(blank, events)
+    stored = await uow.store.create_stream(stream, _to_new_events(uow, stream, events, now, cmd, data_key),
+                                           snapshot=snapshot_json(state), companions=(key_row, _schedule_row(uow, state)))
+    if stored is None:
+        return None
+    uow.data_keys.created(data_key)
+    return ImportOutcome(state.account_id, "imported", state)
+
+
+def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
+    due = _due(uow, [state])
+    return Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -113,12 +158,13 @@ async def import_accounts(
     Every record gets its own result; a bad one never stops or hides the others."""
     results: dict[int, RecordResult] = {}
     integrations: dict[tuple[str, str], IntegrationState] = {}
-    commands: list[tuple[ParsedRecord, ImportAccount]] = []
+    commands: list[tuple[ParsedRecord, ImportAccount, uuid.UUID, str]] = []  # with the account id and stream
     for record in records:
         if record.error is not None:
             results[record.line] = RecordResult(record.line, "rejected", field=record.error.field, reason=record.error.reason)
         else:
-            commands.append((record, record.command))
+            account_id = account_id_for(record.command)
+            commands.append((record, record.command, account_id, account_stream(account_id)))
             key = (record.command.environment, record.command.integration)
             if key not in integrations:
                 integrations[key] = await load_integration(uow.store, *key)
@@ -130,32 +176,28 @@ async def import_accounts(
         results[record.line] = RecordResult(record.line, "rejected", field=field, reason=str(error))
 
     existing_heads = await uow.pool.fetch(
-        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])",
-        [account_stream(account_id_for(cmd)) for _, cmd in commands],
-    )
+        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])
     existing = {row["stream_id"] for row in existing_heads}
-    fresh = [(r, c) for r, c in commands if account_stream(account_id_for(c)) not in existing]
-    known = [(r, c) for r, c in commands if account_stream(account_id_for(c)) in existing]
+    fresh = [c for c in commands if c[3] not in existing]
+    known = [(r, c) for r, c, _, stream in commands if stream in existing]
 
-    async def write(planned_chunk, streams, states) -> None:
+    async def write(planned_chunk, streams, states, keys) -> None:
         created = await uow.store.create_streams(streams) if streams else {}
-        await schedule_accounts(uow, [states[s] for s, results in created.items() if results is not None])
-        for record, cmd, account_id, *_ in planned_chunk:
-            stream = account_stream(account_id)
+        for record, cmd, account_id, stream, *_ in planned_chunk:
             if created.get(stream) is None:
-                known.append((record, cmd))  # created meanwhile by someone else: an update
+                known.append((record, cmd))  # created meanwhile by someone else, or its key was: an update
             else:
+                uow.data_keys.created(keys[stream])
                 results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
 
     # Chunks are pipelined: one is written while the next is prepared (the preparing is Python's
-    # work, the writing PostgreSQL's), with at most two writes in flight.
+    # work, the writing PostgreSQL's), with at most two writes in flight. Each account's data key
+    # and refresh schedule are written by the statement that creates its stream.
     writes: list[asyncio.Task] = []
     for start in range(0, len(fresh), chunk):
-        part = fresh[start:start + chunk]
         now = uow.clock()
-        planned = []
-        for record, cmd in part:
-            account_id = account_id_for(cmd)
+        streams, states, keys = [], {}, {}
+        for record, cmd, account_id, stream in fresh[start:start + chunk]:
             blank = AccountState.blank(account_id)
             try:
                 fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
@@ -165,25 +207,16 @@ async def import_accounts(
             except DomainError as error:
                 reject(record, error)
                 continue
-            planned.append((record, cmd, account_id, events, blank))
-        try:
-            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
-        except KeyShreddedError as shredded:
-            # Deleted meanwhile: the ordinary path refuses them by name; the rest go on.
-            gone = set(shredded.owners)
-            known.extend((r, c) for r, c, a, _, _ in planned if account_stream(a) in gone)
-            planned = [p for p in planned if account_stream(p[2]) not in gone]
-            data_keys = await uow.data_keys.create_many([account_stream(p[2]) for p in planned])
-        streams, states = [], {}
-        for record, cmd, account_id, events, blank in planned:
-            stream = account_stream(account_id)
-            state = account_domain.fold(blank, events)
-            states[stream] = state
-            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, data_keys[stream]), snapshot_of(state)))
+            states[stream] = state = account_domain.fold(blank, events)
+            keys[stream], key_row = uow.data_keys.new_key(stream)
+            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, keys[stream]), snapshot_json(state),
+                            (key_row, _schedule_row(uow, state))))
+        planned = [(record, cmd, account_id, stream) for record, cmd, account_id, stream in fresh[start:start + chunk]
+                   if stream in states]
         writes = [w for w in writes if not w.done()]
         if len(writes) >= 2:
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-        writes.append(asyncio.create_task(write(planned, streams, states)))
+        writes.append(asyncio.create_task(write(planned, streams, states, keys)))
         await asyncio.sleep(0)  # let the write start before the next chunk's preparing
     await asyncio.gather(*writes)
 
@@ -205,15 +238,31 @@ async def import_accounts(
 async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None:
     """Due for a proactive refresh at a random moment 60-180 s before expiry (oauth2 tokens that
     expire); accounts still connecting are due at once, for their health check."""
+    due = _due(uow, states)
+    if len(due) == 1:
+        # One account (a single command): written together with concurrent commands' accounts.
+        batcher = uow.shared.batcher("refresh_schedule", lambda: Coalescer(
+            lambda batch: _write_schedule(uow.pool, batch), alone_on=(asyncpg.PostgresError, OSError, asyncio.TimeoutError)))
+        if await batcher.submit(due[0][0], due[0]):
+            return
+    if due:
+        await _write_schedule(uow.pool, due)
+
+
+def _due(uow: UnitOfWork, states: list[AccountState]) -> list[tuple[uuid.UUID, datetime]]:
     due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
     due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
             if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
-    if due:
-        await uow.pool.execute(
-            "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
-            " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0",
-            [d[0] for d in due], [d[1] for d in due],
-        )
+    return due
+
+
+async def _write_schedule(pool: asyncpg.Pool, due: list[tuple[uuid.UUID, datetime]]) -> list[bool]:
+    await pool.execute(
+        "INSERT INTO refresh_schedule (account_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
+        " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = 0",
+        [d[0] for d in due], [d[1] for d in due],
+    )
+    return [True] * len(due)
 
 
 async def read_for_token(uow: UnitOfWork, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None]:

@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from events.catalog.base import Event
 from events.envelope import NewEvent
 from events.errors import ConcurrencyError
-from service.handlers.uow import UnitOfWork, snapshot_of
+from service.handlers.uow import UnitOfWork, snapshot_json
 
 State = TypeVar("State")
 ATTEMPTS = 10
@@ -22,19 +22,24 @@ async def decide_and_append(
     evolve: Callable[[State, Event], State],
     encode: Callable[[list[Event], datetime], list[NewEvent]] | None = None,
     initial: State | None = None,
+    decided: tuple[datetime, list[Event]] | None = None,
     attempts: int = ATTEMPTS,
 ) -> tuple[State, list[Event]]:
     """Returns the new state and the events appended ([] when the decision changed nothing).
 
     `encode` turns the events into what is appended (e.g. with an encrypted secret); by default each
-    event as is. `initial` is a state the caller has just loaded, used for the first attempt.
+    event as is. `initial` is a state the caller has just loaded, used for the first attempt;
+    `decided` is (now, events), the caller's own decision on `initial`, so it is not made twice.
     """
     state: Any = initial
-    for _ in range(attempts):
+    for attempt in range(attempts):
         if state is None:
             state = await load()
-        now = uow.clock()
-        events = decide(state, now)
+        if decided is not None and attempt == 0 and initial is not None:
+            now, events = decided
+        else:
+            now = uow.clock()
+            events = decide(state, now)
         if not events:
             return state, []
         new_state = state
@@ -42,7 +47,7 @@ async def decide_and_append(
             new_state = evolve(new_state, event)
         appended = encode(events, now) if encode else [uow.new_event(e, now) for e in events]
         try:
-            await uow.store.append(stream, appended, state.version, snapshot=snapshot_of(new_state))
+            await uow.store.append(stream, appended, state.version, snapshot=snapshot_json(new_state))
         except ConcurrencyError:
             state = None
             continue

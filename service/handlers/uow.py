@@ -8,15 +8,33 @@ from typing import Any, Callable
 
 import asyncpg
 
+from events.batching import Coalescer
 from events.catalog.base import Event, encode
 from events.envelope import NewEvent, uuid7
 from events.store import PostgresEventStore
 from service.crypto.datakeys import DataKeys
 from service.crypto.fingerprint import Fingerprinter
+from service.handlers.repositories import IntegrationStates
 
 
 def system_clock() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class Shared:
+    """What every copy of a unit of work in a process shares (`acting_as` makes one per request):
+    the integration states it has loaded, and the batchers that send concurrent commands' small
+    writes together."""
+
+    def __init__(self) -> None:
+        self.integrations = IntegrationStates()
+        self._batchers: dict[str, Coalescer] = {}
+
+    def batcher(self, name: str, make: Callable[[], Coalescer]) -> Coalescer:
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            batcher = self._batchers[name] = make()
+        return batcher
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,7 @@ class UnitOfWork:
     clock: Callable[[], datetime] = system_clock
     actor: str = "system"
     correlation_id: uuid.UUID | None = field(default=None)
+    shared: Shared = field(default_factory=Shared, repr=False, compare=False)
 
     def acting_as(self, actor: str, correlation_id: uuid.UUID | None = None) -> "UnitOfWork":
         return replace(self, actor=actor, correlation_id=correlation_id or uuid7())
@@ -45,3 +64,8 @@ class UnitOfWork:
 
 def snapshot_of(state: Any) -> dict[str, Any]:
     return state.model_dump(mode="json")
+
+
+def snapshot_json(state: Any) -> str:
+    """The snapshot as JSON text, the form the store writes (pydantic's serializer, no dict between)."""
+    return state.model_dump_json()
