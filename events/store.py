@@ -3,7 +3,7 @@
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import asyncpg
 
@@ -250,6 +250,16 @@ class PostgresEventStore:
         self._pool = pool
         self._group_commit = _Coalescer(self._send_appends)
         self._stream_creator = _Coalescer(self._send_creations)
+        self._append_listeners: list[Callable[[], None]] = []
+
+    def on_append(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each append returns (readers in this process wake up at once;
+        the append may still be uncommitted if it joined a caller's transaction)."""
+        self._append_listeners.append(listener)
+
+    def _appended(self) -> None:
+        for listener in self._append_listeners:
+            listener()
 
     async def append(
         self,
@@ -264,6 +274,20 @@ class PostgresEventStore:
 
         With `conn` the append joins the caller's transaction and must be its first write.
         """
+        try:
+            return await self._append(stream_id, events, expected_version, snapshot=snapshot, conn=conn)
+        finally:
+            self._appended()
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        snapshot: dict[str, Any] | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[AppendResult]:
         rows = self._prepare(stream_id, events, expected_version)
         snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
         if conn is None and len(rows) == 1:
@@ -321,6 +345,7 @@ class PostgresEventStore:
                 column.append(value)
         try:
             rows = await self._pool.fetch(_CREATE_STREAMS, *heads, *events)
+            self._appended()
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:

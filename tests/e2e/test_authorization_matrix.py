@@ -41,8 +41,8 @@ INTEGRATION = "salesforce"
 class Route:
     """What the contract (DESIGN.md "Gateway") says about one route.
 
-    kind: "env" (the environment is in the path), "account" (an account id is in the path) or
-    "open" (no key needed, e.g. /healthz)."""
+    kind: "env" (the environment is in the path or a filter), "account" (an account id is in the
+    path), "ledger" (the whole log, any scope) or "open" (no key needed, e.g. /healthz)."""
 
     roles: frozenset
     kind: str
@@ -59,6 +59,11 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/accounts/{id}/token"): Route(frozenset({"service", "admin"}), "account"),
     ("POST", "/v1/accounts/{id}/refresh"): Route(WRITERS, "account"),
     ("POST", "/v1/accounts/{id}/validate"): Route(WRITERS, "account"),
+    ("GET", "/v1/accounts/{id}/events"): Route(frozenset({"admin", "auditor", "operator"}), "account"),
+    ("GET", "/v1/audit"): Route(frozenset({"admin", "auditor"}), "env"),
+    ("GET", "/v1/environments/{env}/health"): Route(READERS, "env"),
+    ("POST", "/v1/ledger/verify"): Route(frozenset({"admin", "auditor"}), "ledger"),
+    ("GET", "/v1/ledger/digests"): Route(frozenset({"admin", "auditor"}), "ledger"),
     ("GET", "/healthz"): Route(ALL, "open"),
     ("GET", "/readyz"): Route(ALL, "open"),
     ("GET", "/openapi.json"): Route(ALL, "open"),
@@ -221,6 +226,26 @@ async def _force_validate(w: World, env: str, headers: dict, tag: str):
     return await w.client.post(f"/v1/accounts/{w.accounts[env]}/validate", headers=headers)
 
 
+async def _events(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/accounts/{w.accounts[env]}/events", headers=headers)
+
+
+async def _audit(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/audit?environment={env}", headers=headers)
+
+
+async def _health(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/environments/{env}/health", headers=headers)
+
+
+async def _verify(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post("/v1/ledger/verify", headers=headers)
+
+
+async def _digests(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get("/v1/ledger/digests", headers=headers)
+
+
 def _open(path: str) -> Send:
     async def send(w: World, env: str, headers: dict, tag: str):
         return await w.client.get(path, headers=headers)
@@ -238,6 +263,11 @@ SENDERS: dict[tuple[str, str], Send] = {
     ("GET", "/v1/accounts/{id}/token"): _token,
     ("POST", "/v1/accounts/{id}/refresh"): _force_refresh,
     ("POST", "/v1/accounts/{id}/validate"): _force_validate,
+    ("GET", "/v1/accounts/{id}/events"): _events,
+    ("GET", "/v1/audit"): _audit,
+    ("GET", "/v1/environments/{env}/health"): _health,
+    ("POST", "/v1/ledger/verify"): _verify,
+    ("GET", "/v1/ledger/digests"): _digests,
     **{("GET", path): _open(path) for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")},
 }
 
@@ -248,7 +278,7 @@ def _expected(route: Route, role: str, scope: str) -> int:
         return 2
     if role not in route.roles:
         return 403
-    if scope == "other":
+    if scope == "other" and route.kind != "ledger":
         return 404
     return 2
 
@@ -544,6 +574,8 @@ async def test_head_requests_are_guarded_like_their_gets(gateway):
         if method != "GET" or route.kind == "open":
             continue
         url = path.replace("{env}", "prod").replace("{id}", w.accounts["prod"])
+        if path == "/v1/audit":
+            url += "?environment=prod"  # unfiltered, a scoped key sees its own environments' trail
         response = await gateway.client.head(url)
         if response.status != 401 or "WWW-Authenticate" not in response.headers:
             failures.append(f"HEAD {path} no key: {response.status}")

@@ -1,0 +1,115 @@
+"""`audit_trail`: who did what, when, to which account, with what outcome — one row per event."""
+
+import json
+from typing import Any, Sequence
+
+import asyncpg
+
+from projections.framework import Tables
+from projections.source import LoggedEvent
+
+COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integration", "stream_id", "account_id",
+           "version", "actor", "action", "outcome", "correlation_id", "causation_id", "detail")
+
+FAILURES = frozenset({"TokenRefreshFailed", "ValidationFailed", "PostInstallFailed", "AccountNeedsReauth",
+                      "IntegrationFlagged"})
+# The secret-free facts worth reading in an audit line, per event type (fingerprints left out).
+DETAIL_FIELDS = {
+    "AccountConnecting": ("source", "tenant_id", "external_ref"),
+    "TokensImported": ("source", "external_ref", "expires_at"),
+    "AccountValidated": ("how",),
+    "ValidationFailed": ("reason",),
+    "PostInstallFailed": ("reason",),
+    "TokenRefreshed": ("rotated", "expires_at"),
+    "TokenRefreshFailed": ("failure_class", "http_status", "provider_error", "attempt"),
+    "AccountNeedsReauth": ("reason",),
+    "AccountReactivated": ("how", "after_seconds"),
+    "AccountOverrideChanged": ("resulting_hash",),
+    "CredentialsAccessed": ("accessor", "count"),
+    "TokensExported": ("purpose",),
+    "AccountDeleted": ("reason",),
+    "EnvironmentOverrideChanged": ("resulting_hash",),
+    "IntegrationFlagged": ("reason",),
+    "OAuthClientConfigured": ("client_id",),
+}
+
+
+def outcome_of(event: LoggedEvent) -> str:
+    return "failure" if event.type in FAILURES else "success"
+
+
+def scope_of_first_event(event: LoggedEvent) -> tuple[str | None, str | None]:
+    """(environment, integration) named by a stream's own events, or (None, None)."""
+    data = event.data
+    if event.type == "AccountConnecting":
+        return data.get("environment"), data.get("integration")
+    if event.stream_id.startswith("integration-"):
+        return data.get("environment"), data.get("name") or data.get("integration")
+    if event.stream_id.startswith("environment-"):
+        return data.get("environment"), None
+    return None, None
+
+
+def detail_of(event: LoggedEvent) -> dict[str, Any]:
+    return {name: event.data[name] for name in DETAIL_FIELDS.get(event.type, ()) if event.data.get(name) is not None}
+
+
+def audit_row(event: LoggedEvent, scope: tuple[str | None, str | None]) -> tuple:
+    account_id = event.stream_id.removeprefix("account-") if event.stream_id.startswith("account-") else None
+    return (event.tx, event.position, event.event_id, event.occurred_at, scope[0], scope[1], event.stream_id,
+            account_id, event.version, event.actor, event.type, outcome_of(event), event.correlation_id,
+            event.causation_id, json.dumps(detail_of(event), separators=(",", ":"), sort_keys=True))
+
+
+class AuditTrailSession:
+    append_only = True  # rows are only ever added: a rebuild may write them as it goes
+
+    def __init__(self) -> None:
+        self.scopes: dict[str, tuple[str | None, str | None]] = {}
+        self.new_scopes: list[tuple[str, str | None, str | None]] = []
+        self.rows: list[tuple] = []
+
+    async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None:
+        wanted = list({e.stream_id for e in events} - self.scopes.keys())
+        if wanted:
+            for row in await conn.fetch(f"SELECT stream_id, environment, integration FROM {tables('audit_trail_streams')}"
+                                        " WHERE stream_id = ANY($1::text[])", wanted):
+                self.scopes[row["stream_id"]] = (row["environment"], row["integration"])
+
+    def apply(self, event: LoggedEvent) -> None:
+        scope = self.scopes.get(event.stream_id)
+        if scope is None:
+            scope = scope_of_first_event(event)
+            self.scopes[event.stream_id] = scope
+            self.new_scopes.append((event.stream_id, *scope))
+        self.rows.append(audit_row(event, scope))
+
+    async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
+        rows, self.rows = self.rows, []
+        scopes, self.new_scopes = self.new_scopes, []
+        if bulk:
+            # Fresh tables: nothing to conflict with, COPY is the fast path.
+            if rows:
+                await conn.copy_records_to_table(tables("audit_trail").strip('"'), records=rows, columns=COLUMNS)
+            if scopes:
+                await conn.copy_records_to_table(tables("audit_trail_streams").strip('"'), records=scopes,
+                                                 columns=("stream_id", "environment", "integration"))
+            return
+        if scopes:
+            await conn.executemany(f"INSERT INTO {tables('audit_trail_streams')} VALUES ($1, $2, $3)"
+                                   " ON CONFLICT DO NOTHING", scopes)
+        if rows:
+            await conn.execute(
+                f"INSERT INTO {tables('audit_trail')} ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+                "$1::xid8[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],"
+                " $8::uuid[], $9::int[], $10::text[], $11::text[], $12::text[], $13::uuid[], $14::uuid[], $15::jsonb[])",
+                *(list(column) for column in zip(*rows)),
+            )
+
+
+class AuditTrail:
+    name = "audit_trail"
+    tables = ("audit_trail", "audit_trail_streams")
+
+    def session(self) -> AuditTrailSession:
+        return AuditTrailSession()
