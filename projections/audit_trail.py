@@ -1,11 +1,10 @@
 """`audit_trail`: who did what, when, to which account, with what outcome — one row per event."""
 
-import json
-from typing import Any, Sequence
+from typing import Sequence
 
 import asyncpg
 
-from projections.framework import Tables
+from projections.framework import Tables, copy_all
 from projections.source import LoggedEvent
 
 COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integration", "stream_id", "account_id",
@@ -13,7 +12,8 @@ COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integrat
 
 FAILURES = frozenset({"TokenRefreshFailed", "ValidationFailed", "PostInstallFailed", "AccountNeedsReauth",
                       "IntegrationFlagged"})
-# The secret-free facts worth reading in an audit line, per event type (fingerprints left out).
+# The facts worth a glance in a one-line timeline (`linkledger replay`), per event type; an audit
+# row's `detail` is the whole stored payload, which is secret-free by construction.
 DETAIL_FIELDS = {
     "AccountConnecting": ("source", "tenant_id", "external_ref"),
     "TokensImported": ("source", "external_ref", "expires_at"),
@@ -34,10 +34,6 @@ DETAIL_FIELDS = {
 }
 
 
-def outcome_of(event: LoggedEvent) -> str:
-    return "failure" if event.type in FAILURES else "success"
-
-
 def scope_of_first_event(event: LoggedEvent) -> tuple[str | None, str | None]:
     """(environment, integration) named by a stream's own events, or (None, None)."""
     data = event.data
@@ -50,19 +46,15 @@ def scope_of_first_event(event: LoggedEvent) -> tuple[str | None, str | None]:
     return None, None
 
 
-def detail_of(event: LoggedEvent) -> dict[str, Any]:
-    return {name: event.data[name] for name in DETAIL_FIELDS.get(event.type, ()) if event.data.get(name) is not None}
-
-
 def audit_row(event: LoggedEvent, scope: tuple[str | None, str | None]) -> tuple:
-    account_id = event.stream_id.removeprefix("account-") if event.stream_id.startswith("account-") else None
-    return (event.tx, event.position, event.event_id, event.occurred_at, scope[0], scope[1], event.stream_id,
-            account_id, event.version, event.actor, event.type, outcome_of(event), event.correlation_id,
-            event.causation_id, json.dumps(detail_of(event), separators=(",", ":"), sort_keys=True))
+    stream_id = event.stream_id
+    account_id = stream_id[8:] if stream_id.startswith("account-") else None
+    return (event.tx, event.position, event.event_id, event.occurred_at, scope[0], scope[1], stream_id,
+            account_id, event.version, event.actor, event.type, "failure" if event.type in FAILURES else "success",
+            event.correlation_id, event.causation_id, event.data_json)
 
 
 class AuditTrailSession:
-    append_only = True  # rows are only ever added: a rebuild may write them as it goes
 
     def __init__(self) -> None:
         self.scopes: dict[str, tuple[str | None, str | None]] = {}
@@ -84,17 +76,20 @@ class AuditTrailSession:
             self.new_scopes.append((event.stream_id, *scope))
         self.rows.append(audit_row(event, scope))
 
-    async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
+    def drain(self, tables: Tables) -> list[tuple[str, tuple[str, ...], list[tuple]]]:
+        """Hand over the rows made so far as (table, columns, records) for COPY into fresh tables."""
         rows, self.rows = self.rows, []
         scopes, self.new_scopes = self.new_scopes, []
+        return [(tables("audit_trail").strip('"'), COLUMNS, rows),
+                (tables("audit_trail_streams").strip('"'), ("stream_id", "environment", "integration"), scopes)]
+
+    async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
         if bulk:
             # Fresh tables: nothing to conflict with, COPY is the fast path.
-            if rows:
-                await conn.copy_records_to_table(tables("audit_trail").strip('"'), records=rows, columns=COLUMNS)
-            if scopes:
-                await conn.copy_records_to_table(tables("audit_trail_streams").strip('"'), records=scopes,
-                                                 columns=("stream_id", "environment", "integration"))
+            await copy_all(conn, self.drain(tables))
             return
+        rows, self.rows = self.rows, []
+        scopes, self.new_scopes = self.new_scopes, []
         if scopes:
             await conn.executemany(f"INSERT INTO {tables('audit_trail_streams')} VALUES ($1, $2, $3)"
                                    " ON CONFLICT DO NOTHING", scopes)

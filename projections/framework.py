@@ -42,6 +42,12 @@ class Projection(Protocol):
     def session(self) -> Session: ...
 
 
+async def copy_all(conn: asyncpg.Connection, batches: Sequence[tuple[str, tuple[str, ...], list[tuple]]]) -> None:
+    for table, columns, records in batches:
+        if records:
+            await conn.copy_records_to_table(table, records=records, columns=columns)
+
+
 def checkpoint_table(projection: Projection, tables: Tables) -> str:
     return tables(f"{projection.name}_checkpoint")
 

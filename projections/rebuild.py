@@ -9,13 +9,14 @@
    or from a half-built one. A crash anywhere before the commit leaves the live tables as they were.
 """
 
+import asyncio
 from typing import Callable, Sequence
 
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import GREEN, Projection, Tables, apply_batch, read_checkpoint, write_checkpoint
-from projections.source import count_after, read_after
+from projections.framework import GREEN, Projection, Tables, apply_batch, copy_all, read_checkpoint, write_checkpoint
+from projections.source import READ_AFTER, count_after, decode_rows, read_after
 
 LIVE, FRESH = Tables(), Tables(GREEN)
 Progress = Callable[[int, int], None]  # (events done, events in total so far)
@@ -32,30 +33,44 @@ async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> Non
         await conn.execute("SELECT ll_projection_tables($1, $2)", projection.name, GREEN)
 
 
-async def _scan(conn: asyncpg.Connection, projections: Sequence[Projection], page: int,
-                progress: Progress | None) -> tuple[LogPosition, int]:
+async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projections: Sequence[Projection],
+                page: int, progress: Progress | None) -> tuple[LogPosition, int]:
+    """Fold the whole log into fresh sessions. Three things overlap: `reader` fetches the next page,
+    this loop folds the current one, `writer` COPYs what append-only sessions produced before."""
     sessions = [p.session() for p in projections]
-    # Sessions whose rows only ever get appended may write as they go; the others hold their state.
-    streaming = [s for s in sessions if getattr(s, "append_only", False)]
+    # Sessions whose rows are only ever appended (they can drain) write as they go; the others hold state.
+    streaming = [s for s in sessions if hasattr(s, "drain")]
     after, done = LogPosition.start(), 0
-    total = await count_after(conn, after)
+    total = await count_after(reader, after)
+
+    def fetch(position: LogPosition) -> asyncio.Task:
+        return asyncio.ensure_future(reader.fetch(READ_AFTER, position.tx, position.position, page))
+
+    pending, writing = fetch(after), None
     while True:
-        events = await read_after(conn, after, page)
+        rows = await pending
+        if rows:
+            after = LogPosition(rows[-1][0], rows[-1][1])
+        last_page = len(rows) < page
+        if not last_page:
+            pending = fetch(after)
+        events = decode_rows(rows)
         for session in sessions:
             apply = session.apply
             for event in events:
                 apply(event)
-        if events:
-            after = events[-1].log_position
-            done += len(events)
-        for session in streaming:
-            await session.save(conn, FRESH, bulk=True)
+        done += len(events)
+        if writing is not None:
+            await writing
+        writing = asyncio.ensure_future(copy_all(writer, [b for s in streaming for b in s.drain(FRESH)]))
         if progress:
             progress(done, max(total, done))
-        if len(events) < page:
+        if last_page:
             break
+    if writing is not None:
+        await writing
     for session in sessions:
-        await session.save(conn, FRESH, bulk=True)
+        await session.save(writer, FRESH, bulk=True)
     return after, done
 
 
@@ -90,20 +105,28 @@ async def _swap(conn: asyncpg.Connection, projection: Projection, page: int) -> 
     return caught
 
 
-async def rebuild(conn: asyncpg.Connection, projections: Sequence[Projection], *, page: int = 20_000,
+async def rebuild(dsn: str, projections: Sequence[Projection], *, page: int = 20_000,
                   progress: Progress | None = None) -> int:
-    """Rebuild `projections` from the whole log and swap them in. `conn` must own the tables.
-    Returns how many events the scan folded."""
-    for projection in projections:
-        await _create_fresh(conn, projection)
-    after, done = await _scan(conn, projections, page, progress)
-    for projection in projections:
-        async with conn.transaction():
-            await write_checkpoint(conn, projection, FRESH, after, done)
-        await conn.execute("SELECT ll_projection_indexes($1, $2)", projection.name, GREEN)
-        for base in projection.tables:
-            await conn.execute(f"ANALYZE {FRESH(base)}")
-    for projection in projections:
-        await _catch_up(conn, projection, page)
-        await _swap(conn, projection, page)
-    return done
+    """Rebuild `projections` from the whole log and swap them in. `dsn` must connect as a role that
+    owns the tables. Returns how many events the scan folded."""
+    # Index builds after the load sort in memory when they may.
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild",
+                                                       "maintenance_work_mem": "256MB"})
+    reader = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild-scan"})
+    try:
+        for projection in projections:
+            await _create_fresh(conn, projection)
+        after, done = await _scan(reader, conn, projections, page, progress)
+        for projection in projections:
+            async with conn.transaction():
+                await write_checkpoint(conn, projection, FRESH, after, done)
+            await conn.execute("SELECT ll_projection_indexes($1, $2)", projection.name, GREEN)
+            for base in projection.tables:
+                await conn.execute(f"ANALYZE {FRESH(base)}")
+        for projection in projections:
+            await _catch_up(conn, projection, page)
+            await _swap(conn, projection, page)
+        return done
+    finally:
+        await reader.close()
+        await conn.close()

@@ -50,7 +50,7 @@ class ProjectionRunner:
         self._requested += 1
         self._wakeup.set()
 
-    async def settled(self, timeout: float = 2.0) -> None:
+    async def settled(self, timeout: float = 5.0) -> None:
         """Return once everything this process appended before the call is applied (or at `timeout`)."""
         target = self._requested
         deadline = asyncio.get_running_loop().time() + timeout

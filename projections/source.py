@@ -23,6 +23,7 @@ class LoggedEvent(NamedTuple):
     actor: str
     correlation_id: UUID | None
     causation_id: UUID | None
+    data_json: str  # the payload exactly as stored (canonical JSON, secret-free)
 
     @property
     def log_position(self) -> LogPosition:
@@ -38,7 +39,7 @@ READ_AFTER = (
 
 def decode_rows(rows: list[asyncpg.Record]) -> list[LoggedEvent]:
     loads = json.loads
-    return [LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7], r[8], r[9], r[10]) for r in rows]
+    return [LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7], r[8], r[9], r[10], r[6]) for r in rows]
 
 
 async def read_after(conn: asyncpg.Connection, after: LogPosition, limit: int) -> list[LoggedEvent]:

@@ -1,6 +1,6 @@
 -- Projection tables. Their DDL lives in one function so that the live tables (suffix '') and the
--- blue/green rebuild's fresh tables (suffix '__next') are always the same shape. Secondary indexes
--- come separately: a rebuild loads rows first and indexes them afterwards, which is faster.
+-- blue/green rebuild's fresh tables (suffix '__next') are always the same shape. The indexes of the
+-- big tables come separately: a rebuild loads rows first and indexes them afterwards, which is faster.
 
 CREATE FUNCTION ll_projection_tables(projection text, suffix text) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -18,7 +18,7 @@ BEGIN
       tx xid8 NOT NULL, position bigint NOT NULL, event_id uuid NOT NULL, occurred_at timestamptz NOT NULL,
       environment text, integration text, stream_id text NOT NULL, account_id uuid, version integer NOT NULL,
       actor text NOT NULL, action text NOT NULL, outcome text NOT NULL, correlation_id uuid, causation_id uuid,
-      detail jsonb NOT NULL, PRIMARY KEY (tx, position))', 'audit_trail' || suffix);
+      detail jsonb NOT NULL)', 'audit_trail' || suffix);
     -- Which environment and integration each stream belongs to (named once, by its first event).
     EXECUTE format('CREATE TABLE %I (stream_id text PRIMARY KEY, environment text, integration text)',
       'audit_trail_streams' || suffix);
@@ -58,6 +58,8 @@ BEGIN
     EXECUTE format('CREATE UNIQUE INDEX %I ON %I (account_id)', 'account_view' || suffix || '_account',
       'account_view' || suffix);
   ELSIF projection = 'audit_trail' THEN
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I PRIMARY KEY (tx, position)', 'audit_trail' || suffix,
+      'audit_trail' || suffix || '_pkey');
     EXECUTE format('CREATE INDEX %I ON %I (account_id, tx, position)', 'audit_trail' || suffix || '_account',
       'audit_trail' || suffix);
     EXECUTE format('CREATE INDEX %I ON %I (environment, tx, position)', 'audit_trail' || suffix || '_env',
