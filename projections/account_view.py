@@ -50,7 +50,7 @@ class AccountViewSession:
             return
         table = tables("account_view")
         if bulk:
-            await conn.copy_records_to_table(table.strip('"'), records=rows, columns=COLUMNS)
+            await conn.copy_records_to_table(tables.name("account_view"), records=rows, columns=COLUMNS)
             return
         await conn.execute(
             f"INSERT INTO {table} ({', '.join(COLUMNS)})"

@@ -80,8 +80,8 @@ class AuditTrailSession:
         """Hand over the rows made so far as (table, columns, records) for COPY into fresh tables."""
         rows, self.rows = self.rows, []
         scopes, self.new_scopes = self.new_scopes, []
-        return [(tables("audit_trail").strip('"'), COLUMNS, rows),
-                (tables("audit_trail_streams").strip('"'), ("stream_id", "environment", "integration"), scopes)]
+        return [(tables.name("audit_trail"), COLUMNS, rows),
+                (tables.name("audit_trail_streams"), ("stream_id", "environment", "integration"), scopes)]
 
     async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
         if bulk:

@@ -24,7 +24,12 @@ class Tables:
     suffix: str = ""
 
     def __call__(self, base: str) -> str:
-        return f'"{base}{self.suffix}"'
+        """The quoted name, for SQL text."""
+        return f'"{self.name(base)}"'
+
+    def name(self, base: str) -> str:
+        """The bare name, for COPY and catalog lookups."""
+        return f"{base}{self.suffix}"
 
 
 class Session(Protocol):

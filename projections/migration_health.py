@@ -82,10 +82,10 @@ class MigrationHealthSession:
         account_columns = ("stream_id", "environment", "integration", "status", "needs_reauth_since")
         if bulk:
             if accounts:
-                await conn.copy_records_to_table(tables("migration_health_accounts").strip('"'), records=accounts,
+                await conn.copy_records_to_table(tables.name("migration_health_accounts"), records=accounts,
                                                  columns=account_columns)
             if counters:
-                await conn.copy_records_to_table(tables("migration_health_counters").strip('"'), records=counters,
+                await conn.copy_records_to_table(tables.name("migration_health_counters"), records=counters,
                                                  columns=("environment", "integration", *COUNTERS))
             return
         if accounts:

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from aiohttp import web
 
-from projections import account_fold
 from events.hashing import format_instant
+from projections import account_fold
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
 from service.domain.errors import UnknownIntegration
