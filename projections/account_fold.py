@@ -41,7 +41,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def evolve(state: Payload, type_: str, data: Payload) -> Payload:
     """The state after one stored account event (a new dict; `state` is not changed)."""
-    state = dict(state)
+    return evolve_in_place(dict(state), type_, data)
+
+
+def evolve_in_place(state: Payload, type_: str, data: Payload) -> Payload:
+    """evolve() for a caller that owns `state` (a rebuild's fold): no copy per event."""
     state["version"] += 1
     at = data.get("at")
     if type_ not in ("CredentialsAccessed", "TokensExported"):  # reads are audited, they change nothing

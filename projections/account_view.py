@@ -39,8 +39,8 @@ class AccountViewSession:
         stream_id = event.stream_id
         state = self.states.get(stream_id)
         if state is None:
-            state = account_fold.blank(account_fold.account_id_of(stream_id))
-        self.states[stream_id] = account_fold.evolve(state, event.type, event.data)
+            state = self.states[stream_id] = account_fold.blank(account_fold.account_id_of(stream_id))
+        account_fold.evolve_in_place(state, event.type, event.data)  # the session owns its states
         self.touched.add(stream_id)
 
     async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:

@@ -10,6 +10,7 @@
 """
 
 import asyncio
+import gc
 from typing import Callable, Sequence
 
 import asyncpg
@@ -35,10 +36,11 @@ async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> Non
 
 async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projections: Sequence[Projection],
                 page: int, progress: Progress | None) -> tuple[LogPosition, int]:
-    """Fold the whole log into fresh sessions. Three things overlap: `reader` fetches the next page,
-    this loop folds the current one, `writer` COPYs what append-only sessions produced before."""
-    sessions = [p.session() for p in projections]
-    # Sessions whose rows are only ever appended (they can drain) write as they go; the others hold state.
+    """Fold the whole log into the fresh tables. Three things overlap: `reader` fetches the next page,
+    this loop folds the current one, `writer` fills what builds inside PostgreSQL (`build_range`) or
+    COPYs what append-only sessions (`drain`) made of the page before."""
+    in_database = [p for p in projections if hasattr(p, "build_range")]
+    sessions = [p.session() for p in projections if not hasattr(p, "build_range")]
     streaming = [s for s in sessions if hasattr(s, "drain")]
     after, done = LogPosition.start(), 0
     total = await count_after(reader, after)
@@ -46,29 +48,36 @@ async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projecti
     def fetch(position: LogPosition) -> asyncio.Task:
         return asyncio.ensure_future(reader.fetch(READ_AFTER, position.tx, position.position, page))
 
+    async def write(start: LogPosition, end: LogPosition, batches: list) -> None:
+        for projection in in_database:
+            await projection.build_range(writer, FRESH, start, end)
+        await copy_all(writer, batches)
+
     pending, writing = fetch(after), None
     while True:
         rows = await pending
+        start = after
         if rows:
             after = LogPosition(rows[-1][0], rows[-1][1])
         last_page = len(rows) < page
         if not last_page:
             pending = fetch(after)
-        events = decode_rows(rows)
-        for session in sessions:
-            apply = session.apply
-            for event in events:
-                apply(event)
-        done += len(events)
         if writing is not None:
             await writing
-        writing = asyncio.ensure_future(copy_all(writer, [b for s in streaming for b in s.drain(FRESH)]))
+        # This page's in-database build and the previous page's COPY run while this page is folded.
+        writing = asyncio.ensure_future(write(start, after, [b for s in streaming for b in s.drain(FRESH)]))
+        if sessions:
+            events = decode_rows(rows)
+            for session in sessions:
+                apply = session.apply
+                for event in events:
+                    apply(event)
+        done += len(rows)
         if progress:
             progress(done, max(total, done))
         if last_page:
             break
-    if writing is not None:
-        await writing
+    await writing
     for session in sessions:
         await session.save(writer, FRESH, bulk=True)
     return after, done
@@ -116,7 +125,13 @@ async def rebuild(dsn: str, projections: Sequence[Projection], *, page: int = 20
     try:
         for projection in projections:
             await _create_fresh(conn, projection)
-        after, done = await _scan(reader, conn, projections, page, progress)
+        # The fold allocates millions of acyclic objects; the cyclic collector walking them over and
+        # over costs more than the fold itself, and there is nothing for it to find.
+        gc.disable()
+        try:
+            after, done = await _scan(reader, conn, projections, page, progress)
+        finally:
+            gc.enable()
         for projection in projections:
             async with conn.transaction():
                 await write_checkpoint(conn, projection, FRESH, after, done)
