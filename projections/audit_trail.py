@@ -5,7 +5,7 @@ from typing import Sequence
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import Tables, copy_all
+from projections.framework import Tables
 from projections.source import LoggedEvent
 
 COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integration", "stream_id", "account_id",
@@ -77,18 +77,8 @@ class AuditTrailSession:
             self.new_scopes.append((event.stream_id, *scope))
         self.rows.append(audit_row(event, scope))
 
-    def drain(self, tables: Tables) -> list[tuple[str, tuple[str, ...], list[tuple]]]:
-        """Hand over the rows made so far as (table, columns, records) for COPY into fresh tables."""
-        rows, self.rows = self.rows, []
-        scopes, self.new_scopes = self.new_scopes, []
-        return [(tables.name("audit_trail"), COLUMNS, rows),
-                (tables.name("audit_trail_streams"), ("stream_id", "environment", "integration"), scopes)]
-
     async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
-        if bulk:
-            # Fresh tables: nothing to conflict with, COPY is the fast path.
-            await copy_all(conn, self.drain(tables))
-            return
+        # A rebuild fills this projection with build_range; sessions only ever run live.
         rows, self.rows = self.rows, []
         scopes, self.new_scopes = self.new_scopes, []
         if scopes:

@@ -46,11 +46,8 @@ class Projection(Protocol):
 
     def session(self) -> Session: ...
 
-
-async def copy_all(conn: asyncpg.Connection, batches: Sequence[tuple[str, tuple[str, ...], list[tuple]]]) -> None:
-    for table, columns, records in batches:
-        if records:
-            await conn.copy_records_to_table(table, records=records, columns=columns)
+    # Optional: `async def build_range(conn, tables, after, upto)` fills fresh tables with the rows of
+    # the events in (after, upto] inside PostgreSQL; a rebuild then uses it instead of a session.
 
 
 def checkpoint_table(projection: Projection, tables: Tables) -> str:

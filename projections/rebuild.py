@@ -1,7 +1,8 @@
 """Blue/green rebuild: fresh tables are built beside the live ones, caught up, and swapped in.
 
 1. Drop what a crashed rebuild left behind and create the fresh ("__next") tables.
-2. Scan the log once in (tx, position) order, fold everything in memory, write with COPY, index.
+2. Scan the log once in (tx, position) order: fold in memory and write with COPY (or, for a
+   projection that can, have PostgreSQL build each scanned range beside the fold), then index.
 3. Catch up on what was appended meanwhile, outside any lock.
 4. In one transaction: lock the live tables (the live runner and readers wait a moment), apply the
    last few events, drop the live tables and rename the fresh ones (indexes too). Readers are
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import GREEN, Projection, Tables, apply_batch, copy_all, read_checkpoint, write_checkpoint
+from projections.framework import GREEN, Projection, Tables, apply_batch, read_checkpoint, write_checkpoint
 from projections.source import READ_AFTER, count_after, decode_rows, read_after
 
 LIVE, FRESH = Tables(), Tables(GREEN)
@@ -37,21 +38,19 @@ async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> Non
 async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projections: Sequence[Projection],
                 page: int, progress: Progress | None) -> tuple[LogPosition, int]:
     """Fold the whole log into the fresh tables. Three things overlap: `reader` fetches the next page,
-    this loop folds the current one, `writer` fills what builds inside PostgreSQL (`build_range`) or
-    COPYs what append-only sessions (`drain`) made of the page before."""
+    this loop folds the current one in Python, `writer` has PostgreSQL build the same page for the
+    projections that build inside it (`build_range`)."""
     in_database = [p for p in projections if hasattr(p, "build_range")]
     sessions = [p.session() for p in projections if not hasattr(p, "build_range")]
-    streaming = [s for s in sessions if hasattr(s, "drain")]
     after, done = LogPosition.start(), 0
     total = await count_after(reader, after)
 
     def fetch(position: LogPosition) -> asyncio.Task:
         return asyncio.ensure_future(reader.fetch(READ_AFTER, position.tx, position.position, page))
 
-    async def write(start: LogPosition, end: LogPosition, batches: list) -> None:
+    async def build(start: LogPosition, end: LogPosition) -> None:
         for projection in in_database:
             await projection.build_range(writer, FRESH, start, end)
-        await copy_all(writer, batches)
 
     pending, writing = fetch(after), None
     while True:
@@ -64,8 +63,7 @@ async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projecti
             pending = fetch(after)
         if writing is not None:
             await writing
-        # This page's in-database build and the previous page's COPY run while this page is folded.
-        writing = asyncio.ensure_future(write(start, after, [b for s in streaming for b in s.drain(FRESH)]))
+        writing = asyncio.ensure_future(build(start, after))
         if sessions:
             events = decode_rows(rows)
             for session in sessions:
