@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 
 import asyncpg
 
-from projections.framework import Projection, Tables, apply_batch, read_checkpoint
+from events.envelope import LogPosition
+from projections.framework import Projection, Tables, apply_batch, checkpoint_table
 from projections.source import read_after
 
 log = logging.getLogger("linkledger.projections")
@@ -50,7 +51,7 @@ class ProjectionRunner:
         self._requested += 1
         self._wakeup.set()
 
-    async def settled(self, timeout: float = 5.0) -> None:
+    async def settled(self, timeout: float = 10.0) -> None:
         """Return once everything this process appended before the call is applied (or at `timeout`)."""
         target = self._requested
         deadline = asyncio.get_running_loop().time() + timeout
@@ -62,6 +63,8 @@ class ProjectionRunner:
             try:
                 await asyncio.wait_for(self._passed.wait(), remaining)
             except asyncio.TimeoutError:
+                log.warning("projection %s: still behind this process's appends after %.0f s; answering from"
+                            " what it has", self.projection.name, timeout)
                 return
 
     async def step(self) -> int:
@@ -69,9 +72,12 @@ class ProjectionRunner:
         another replica's runner has the turn, -1 when committed events wait behind the horizon
         (a transaction that began before them is still running)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(self.projection.name)):
+            # One round trip: the lock is tried first, the checkpoint row read (and locked) only if it was won.
+            won = await conn.fetchrow(f"SELECT tx, position FROM {checkpoint_table(self.projection, LIVE)}"
+                                      " WHERE pg_try_advisory_xact_lock($1) FOR UPDATE", lock_key(self.projection.name))
+            if won is None:
                 return 0
-            after = await read_checkpoint(conn, self.projection, LIVE, lock=True)
+            after = LogPosition(int(won["tx"]), won["position"])
             events = await read_after(conn, after, self.batch_size)
             if not events:
                 self.lag_seconds = 0.0
@@ -107,8 +113,12 @@ class ProjectionRunner:
                     continue
                 self._served = started
                 self._passed.set()
-            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("projection %s: %s; retrying", self.projection.name, exc)
+                await asyncio.sleep(1)
+            except Exception:
+                # A bug must not stop the projection for good: it is logged and the batch retried.
+                log.exception("projection %s: batch failed; retrying", self.projection.name)
                 await asyncio.sleep(1)
             self._wakeup.clear()
             try:

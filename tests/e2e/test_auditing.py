@@ -1,9 +1,13 @@
 """What an auditor reads: an account's history, its state as of an instant, the audit trail with its
 filters (JSON pages and CSV), migration health, all scoped to the key's environments."""
 
+import asyncio
 import csv
 import io
+import os
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 from events.envelope import NewEvent
 from events.hashing import format_instant
@@ -92,3 +96,19 @@ async def test_history_as_of_audit_trail_and_health(gateway):
 
     verdict = await (await client.post("/v1/ledger/verify", headers=auditor)).json()
     assert verdict["ok"] and verdict["events"] == len(everything)
+
+    timeline = await _replay(gateway.database_url, lost["id"])
+    assert "AccountNeedsReauth" in timeline and "-> needs_reauth (invalid_grant)" in timeline
+    assert timeline.strip().splitlines()[-1].endswith("status needs_reauth, version 5")
+    earlier = await _replay(gateway.database_url, lost["id"], "--until", before_death)
+    assert "AccountNeedsReauth" not in earlier and earlier.strip().splitlines()[-1].endswith("status active, version 3")
+
+
+async def _replay(database_url: str, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "linkledger"), "replay", *args,
+        env={**os.environ, "LINKLEDGER_DATABASE_URL": database_url}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
