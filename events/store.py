@@ -3,7 +3,7 @@
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import asyncpg
 
@@ -235,6 +235,16 @@ class PostgresEventStore:
         self._head_reader = Coalescer(self._read_heads, alone_on=alone_on)
         self._creators: dict[tuple, Coalescer] = {}  # creations with companions, by their kinds
         self._creation_statements: dict[tuple, str] = {(): _creation_sql(())}
+        self._append_listeners: list[Callable[[], None]] = []
+
+    def on_append(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each append returns (readers in this process wake up at once;
+        the append may still be uncommitted if it joined a caller's transaction)."""
+        self._append_listeners.append(listener)
+
+    def _appended(self) -> None:
+        for listener in self._append_listeners:
+            listener()
 
     async def append(
         self,
@@ -252,6 +262,20 @@ class PostgresEventStore:
 
         With `conn` the append joins the caller's transaction and must be its first write.
         """
+        try:
+            return await self._append(stream_id, events, expected_version, snapshot=snapshot, conn=conn)
+        finally:
+            self._appended()
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        snapshot: dict[str, Any] | str | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[AppendResult]:
         rows = self._prepare(stream_id, events, expected_version)
         snapshot_json = _snapshot_text(snapshot)
         if conn is None and len(rows) == 1:
@@ -347,6 +371,7 @@ class PostgresEventStore:
             sql = self._creation_statements[kinds] = _creation_sql(kinds)
         try:
             rows = await self._pool.fetch(sql, *map(list, zip(*heads)), *map(list, zip(*events)), *companions)
+            self._appended()
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:

@@ -374,8 +374,93 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from projections import PROJECTIONS
+    from projections.rebuild import rebuild
+
+    if args.all == bool(args.names):
+        raise CliError(f"name the projections to rebuild, or --all ({', '.join(PROJECTIONS)})")
+    unknown = [name for name in args.names if name not in PROJECTIONS]
+    if unknown:
+        raise CliError(f"no projection {unknown[0]!r} (there are {', '.join(PROJECTIONS)})")
+    chosen = [PROJECTIONS[name] for name in (args.names or PROJECTIONS)]
+    settings = load_settings(require=("database_url",))
+
+    class Counts(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.completed:,.0f} of {task.total or 0:,.0f} events, {task.speed or 0:,.0f} events/s")
+
+    async def run() -> int:
+        # As the login role: a rebuild creates, drops and renames the projection tables.
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      Counts(), TimeRemainingColumn()) as progress:
+            task = progress.add_task(f"rebuilding {', '.join(p.name for p in chosen)}", total=None)
+            return await rebuild(settings.database_url, chosen, progress=lambda done, total: progress.update(
+                task, completed=done, total=total))
+
+    done = asyncio.run(run())
+    print(f"rebuilt {', '.join(p.name for p in chosen)} from {done:,} events and swapped them in")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import uuid
+
+    import asyncpg
+
+    from events.hashing import format_instant
+    from projections import account_fold
+    from projections.audit_trail import DETAIL_FIELDS
+
+    settings = load_settings(require=("database_url",))
+    until = None
+    if args.until:
+        from datetime import datetime
+
+        try:
+            until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
+        except ValueError:
+            raise CliError("--until must be an ISO-8601 instant, e.g. 2026-10-15T14:30:00Z") from None
+        if until.tzinfo is None:
+            raise CliError("--until must carry a time zone, e.g. 2026-10-15T14:30:00Z")
+    try:
+        account_id = str(uuid.UUID(args.account))
+    except ValueError:
+        raise CliError(f"{args.account!r} is not an account id (UUID)") from None
+
+    async def run():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await conn.fetch(
+                "SELECT version, position, type, data, occurred_at, actor, correlation_id, hash FROM events"
+                " WHERE stream_id = $1 AND ($2::timestamptz IS NULL OR occurred_at <= $2) ORDER BY version",
+                f"account-{account_id}", until)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(run())
+    if not rows:
+        raise CliError(f"no history for account {account_id}" + (f" up to {args.until}" if until else ""))
+    state = account_fold.blank(account_id)
+    for row in rows:
+        data = json.loads(row["data"])
+        state = account_fold.evolve(state, row["type"], data)
+        facts = " ".join(f"{k}={data[k]}" for k in DETAIL_FIELDS.get(row["type"], ()) if data.get(k) is not None)
+        print(f"{format_instant(row['occurred_at'])}  v{row['version']:<4} {row['type']:<24} by {row['actor']}"
+              f"{'  ' + facts if facts else ''}  -> {state['status']}"
+              f"{' (' + state['status_reason'] + ')' if state['status_reason'] else ''}"
+              f"  [position {row['position']}, hash {bytes(row['hash']).hex()[:16]}…]")
+    print(f"as of {args.until or 'now'}: {state['environment']}/{state['integration']} tenant {state['tenant_id']},"
+          f" status {state['status']}, version {state['version']}")
+    return 0
+
+
 BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command", "schedule": "schedule",
-              "token-read": "token_read", "refresh": "refresh"}
+              "token-read": "token_read", "refresh": "refresh", "rebuild": "rebuild",
+              "projection-lag": "projection_lag"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -432,6 +517,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild projections beside the live ones and swap them in (blue/green)")
+    rebuild.add_argument("names", nargs="*", metavar="NAME", help="account_view, audit_trail, migration_health")
+    rebuild.add_argument("--all", action="store_true", help="every projection")
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    replay = sub.add_parser("replay", help="print an account's history as a readable timeline")
+    replay.add_argument("account", metavar="ACCOUNT", help="account id")
+    replay.add_argument("--until", help="stop at this instant (ISO-8601)")
+    replay.set_defaults(func=cmd_replay)
 
     bench = sub.add_parser("bench", help="run a benchmark; the last line printed is one JSON object")
     bench.add_argument("name", choices=sorted(BENCHMARKS))

@@ -5,6 +5,7 @@ from events.migrate import Migration, load_migrations
 MIGRATION_SOURCES = [
     ("events", "events.migrations"),
     ("service", "service.migrations"),
+    ("projections", "projections.migrations"),
 ]
 
 

@@ -9,10 +9,18 @@ from aiohttp import web
 from events.database import create_pool
 from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
 from service.clock import clock_from_settings
-from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta, routes_overrides
+from service.gateway import (
+    routes_accounts,
+    routes_audit,
+    routes_health,
+    routes_integrations,
+    routes_ledger,
+    routes_meta,
+    routes_overrides,
+)
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, PROJECTION_RUNNERS, REFRESHER, SETTINGS, UOW
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -21,6 +29,7 @@ from service.gateway.metrics import Metrics, metrics_middleware
 from service.natslink import NatsLink
 from service.settings import Settings
 from service.workers.digest import run_digest_worker
+from service.workers.projections import start_projection_runners
 
 log = logging.getLogger("linkledger")
 
@@ -81,6 +90,15 @@ async def _digest_worker(app: web.Application):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _projection_runners(app: web.Application):
+    runners, tasks = start_projection_runners(app[POOL], app[UOW].store, app[METRICS])
+    app[PROJECTION_RUNNERS] = runners
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def create_app(settings: Settings) -> web.Application:
     # Refuse to start without what the handlers need, before anything is opened.
     load_keyring(settings)
@@ -91,7 +109,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker])
-    for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides):
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker,
+                            _projection_runners])
+    for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides, routes_audit,
+                   routes_ledger):
         app.add_routes(module.routes)
     return app

@@ -17,3 +17,4 @@ UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)
+PROJECTION_RUNNERS = web.AppKey("projection_runners", dict)  # projection name -> ProjectionRunner

@@ -119,6 +119,66 @@ def _override_paths() -> dict[str, Any]:
     }
 
 
+def _audit_paths() -> dict[str, Any]:
+    """Auditing, health and integrity routes (routes_audit.py, routes_ledger.py)."""
+    auditors = ["admin", "auditor"]
+    page = lambda items: _json({"type": "object", "properties": {  # noqa: E731
+        "data": {"type": "array", "items": items}, "next_cursor": {"type": ["string", "null"]}}})
+    return {
+        "/v1/accounts/{id}/events": {"get": _op(
+            "The account's complete history, secret-free: type, data, actor, correlation, version, position, hash chain",
+            ["admin", "auditor", "operator"],
+            {"200": _json({"type": "object", "properties": {"account_id": {"type": "string"}, "events": {
+                "type": "array", "items": {"$ref": "#/components/schemas/HistoryEvent"}}}}),
+             **_problems(401, 403, 404)}, params=[ACCOUNT_ID], tag="audit")},
+        "/v1/audit": {"get": _op(
+            "The audit trail across accounts in log order: JSON cursor pages, or CSV with Accept: text/csv or "
+            "format=csv", auditors,
+            {"200": {**page({"$ref": "#/components/schemas/AuditEntry"}),
+                     "content": {**page({})["content"], "text/csv": {"schema": {"type": "string"}}}},
+             **_problems(400, 401, 403, 404)},
+            params=[_query("environment", "filter"), _query("account", "account id filter"),
+                    _query("actor", "filter, e.g. key:key_..."), _query("type", "event type filter"),
+                    _query("since", "from this instant", {"type": "string", "format": "date-time"}),
+                    _query("until", "up to this instant", {"type": "string", "format": "date-time"}),
+                    _query("limit", "page size, 1-1000", {"type": "integer"}), _query("cursor", "from next_cursor"),
+                    _query("format", "csv for CSV", {"type": "string", "enum": ["json", "csv"]})], tag="audit")},
+        "/v1/environments/{env}/health": {"get": _op(
+            "Migration health per integration: imported vs active vs needs_reauth, refresh success rate, "
+            "auto-reactivation rate, mean time to reconnect, accounts stuck in needs_reauth over 7 days",
+            ["admin", "operator", "auditor"], {"200": _json({"type": "object"}), **_problems(401, 403, 404)},
+            params=[ENV], tag="audit")},
+        "/v1/ledger/verify": {"post": _op(
+            "Recompute every hash chain and check the signed digests (problems are a count for scoped keys)",
+            auditors, {"200": _json({"type": "object", "properties": {
+                "ok": {"type": "boolean"}, "streams": {"type": "integer"}, "events": {"type": "integer"},
+                "digests": {"type": "integer"}, "problems": {}}}), **_problems(401, 403)}, tag="audit")},
+        "/v1/ledger/digests": {"get": _op(
+            "Signed ledger digests, newest first", auditors,
+            {"200": _json({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}},
+                                                             "next_before": {"type": ["integer", "null"]}}}),
+             **_problems(400, 401, 403)},
+            params=[_query("limit", "1-1000", {"type": "integer"}), _query("before", "digest_id", {"type": "integer"})],
+            tag="audit")},
+    }
+
+
+AUDIT_SCHEMAS = {
+    "HistoryEvent": {"type": "object", "properties": {
+        "position": {"type": "integer"}, "version": {"type": "integer"}, "type": {"type": "string"},
+        "occurred_at": {"type": "string", "format": "date-time"}, "actor": {"type": "string"},
+        "correlation_id": {"type": ["string", "null"]}, "causation_id": {"type": ["string", "null"]},
+        "data": {"type": "object"}, "encrypted_secret": {"type": "boolean"}, "prev_hash": {"type": "string"},
+        "hash": {"type": "string"}}},
+    "AuditEntry": {"type": "object", "properties": {
+        "position": {"type": "integer"}, "occurred_at": {"type": "string", "format": "date-time"},
+        "environment": {"type": ["string", "null"]}, "integration": {"type": ["string", "null"]},
+        "account_id": {"type": ["string", "null"]}, "actor": {"type": "string"}, "action": {"type": "string"},
+        "outcome": {"enum": ["success", "failure"]}, "correlation_id": {"type": ["string", "null"]},
+        "detail": {"type": "object"}}},
+}
+
+
 def build_openapi() -> dict[str, Any]:
     integration_schema = IntegrationBody.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = integration_schema.pop("$defs", {})
@@ -185,7 +245,7 @@ def build_openapi() -> dict[str, Any]:
             "expires within 30 s. 409 when the account needs re-authentication.", ["service", "admin"],
             {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410, 503)}, params=[ACCOUNT_ID])},
     }
-    for path, operations in _override_paths().items():
+    for path, operations in (_override_paths() | _audit_paths()).items():
         paths.setdefault(path, {}).update(operations)
     return {
         "openapi": "3.1.0",
@@ -196,6 +256,7 @@ def build_openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key (llk_<role>_...)"}},
             "schemas": {
                 **defs,
+                **AUDIT_SCHEMAS,
                 "IntegrationBody": integration_schema,
                 "Integration": {"type": "object", "description": "the integration's state; the client secret only as a fingerprint"},
                 "Account": {"type": "object", "description": "an account as stored, secrets only as fingerprints", "properties": {

@@ -8,17 +8,16 @@ from datetime import datetime
 
 from aiohttp import web
 
-from events.catalog.base import decode
 from events.hashing import format_instant
-from service.domain import account as account_domain
+from projections import account_fold
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
 from service.domain.errors import UnknownIntegration
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.errors import problem
-from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, REFRESHER, UOW
-from service.gateway.views import account_view
+from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, PROJECTION_RUNNERS, REFRESHER, UOW
+from service.gateway.views import account_view, stored_account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
     load_existing_account, read_for_token,
@@ -129,17 +128,15 @@ async def list_accounts(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer from 1 to 500") from None
     after = _uncursor(query["cursor"]) if query.get("cursor") else ""
+    await request.app[PROJECTION_RUNNERS]["account_view"].settled()
     rows = await request.app[POOL].fetch(
-        "SELECT stream_id, snapshot FROM stream_heads WHERE stream_id LIKE 'account-%'"
-        " AND snapshot->>'environment' = $1"
-        " AND ($2::text IS NULL OR snapshot->>'status' = $2)"
-        " AND ($3::text IS NULL OR snapshot->>'integration' = $3)"
-        " AND ($4::text IS NULL OR snapshot->>'tenant_id' = $4)"
-        " AND stream_id > $5 ORDER BY stream_id LIMIT $6",
+        "SELECT stream_id, state FROM account_view WHERE environment = $1"
+        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR integration = $3)"
+        " AND ($4::text IS NULL OR tenant_id = $4) AND stream_id > $5 ORDER BY stream_id LIMIT $6",
         env, query.get("status"), query.get("integration"), query.get("tenant_id"), after, limit + 1,
     )
     page = rows[:limit]
-    data = [account_view(AccountState.model_validate(json.loads(r["snapshot"]))) for r in page]
+    data = [stored_account_view(json.loads(r["state"])) for r in page]
     next_cursor = _cursor(page[-1]["stream_id"]) if len(rows) > limit else None
     return web.json_response({"data": data, "next_cursor": next_cursor})
 
@@ -147,24 +144,31 @@ async def list_accounts(request: web.Request) -> web.Response:
 @routes.get("/v1/accounts/{id}")
 @requires(*READERS)
 async def get_account(request: web.Request) -> web.Response:
-    state = await _scoped_account(request)
+    account_id = _account_id(request)
     as_of = request.query.get("as_of")
     if as_of:
-        try:
-            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-        except ValueError:
-            raise web.HTTPBadRequest(text="as_of must be an ISO-8601 instant") from None
-        if instant.tzinfo is None:
-            raise web.HTTPBadRequest(text="as_of must carry a time zone, e.g. 2026-10-15T14:30:00Z")
-        past = AccountState.blank(state.account_id)
-        for recorded in await request.app[UOW].store.read_stream(account_stream(state.account_id)):
-            if recorded.occurred_at > instant:
-                break
-            past = account_domain.evolve(past, decode(recorded.type, recorded.schema_version, recorded.data))
-        if past.status is None:
-            raise AccountNotFound(f"account {state.account_id} did not exist at {as_of}", field="as_of")
-        return web.json_response(account_view(past))
-    return web.json_response(account_view(state))
+        instant = parse_instant(as_of, "as_of")
+        recorded = await request.app[UOW].store.read_stream(account_stream(account_id))
+        past = account_fold.as_of(str(account_id), ((r.occurred_at, r.type, r.data) for r in recorded), instant)
+        if past is None or not api_key(request).may_access(past["environment"]):
+            raise AccountNotFound(f"account {account_id} did not exist at {as_of}", field="as_of")
+        return web.json_response(stored_account_view(past))
+    await request.app[PROJECTION_RUNNERS]["account_view"].settled()
+    row = await request.app[POOL].fetchrow("SELECT environment, state FROM account_view WHERE account_id = $1",
+                                           account_id)
+    if row is None or not api_key(request).may_access(row["environment"]):
+        raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
+    return web.json_response(stored_account_view(json.loads(row["state"])))
+
+
+def parse_instant(text: str, name: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an ISO-8601 instant") from None
+    if instant.tzinfo is None:
+        raise web.HTTPBadRequest(text=f"{name} must carry a time zone, e.g. 2026-10-15T14:30:00Z")
+    return instant
 
 
 @routes.get("/v1/accounts/{id}/token")

@@ -12,5 +12,12 @@ def account_view(state: AccountState) -> dict[str, Any]:
     return data
 
 
+def stored_account_view(payload: dict[str, Any]) -> dict[str, Any]:
+    """The same view from a projected (already JSON) account."""
+    data = dict(payload)
+    data["id"] = data.pop("account_id")
+    return data
+
+
 def integration_view(state: IntegrationState) -> dict[str, Any]:
     return state.model_dump(mode="json")

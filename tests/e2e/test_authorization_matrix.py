@@ -41,8 +41,8 @@ INTEGRATION = "salesforce"
 class Route:
     """What the contract (DESIGN.md "Gateway") says about one route.
 
-    kind: "env" (the environment is in the path), "account" (an account id is in the path) or
-    "open" (no key needed, e.g. /healthz)."""
+    kind: "env" (the environment is in the path or a filter), "account" (an account id is in the
+    path), "ledger" (the whole log, any scope) or "open" (no key needed, e.g. /healthz)."""
 
     roles: frozenset
     kind: str
@@ -68,6 +68,11 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/accounts/{id}/effective-config/{model}/{resource}/{method}"): Route(READERS, "account"),
     # The account is named in the body; another environment's account is 404 like the others.
     ("POST", "/v1/mappings:preview"): Route(WRITERS, "account"),
+    ("GET", "/v1/accounts/{id}/events"): Route(frozenset({"admin", "auditor", "operator"}), "account"),
+    ("GET", "/v1/audit"): Route(frozenset({"admin", "auditor"}), "env"),
+    ("GET", "/v1/environments/{env}/health"): Route(READERS, "env"),
+    ("POST", "/v1/ledger/verify"): Route(frozenset({"admin", "auditor"}), "ledger"),
+    ("GET", "/v1/ledger/digests"): Route(frozenset({"admin", "auditor"}), "ledger"),
     ("GET", "/healthz"): Route(ALL, "open"),
     ("GET", "/readyz"): Route(ALL, "open"),
     ("GET", "/openapi.json"): Route(ALL, "open"),
@@ -270,6 +275,26 @@ async def _preview(w: World, env: str, headers: dict, tag: str):
         "sample": [{"Id": 1}]}, headers=headers)
 
 
+async def _events(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/accounts/{w.accounts[env]}/events", headers=headers)
+
+
+async def _audit(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/audit?environment={env}", headers=headers)
+
+
+async def _health(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/environments/{env}/health", headers=headers)
+
+
+async def _verify(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post("/v1/ledger/verify", headers=headers)
+
+
+async def _digests(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get("/v1/ledger/digests", headers=headers)
+
+
 def _open(path: str) -> Send:
     async def send(w: World, env: str, headers: dict, tag: str):
         return await w.client.get(path, headers=headers)
@@ -295,6 +320,11 @@ SENDERS: dict[tuple[str, str], Send] = {
     ("POST", "/v1/accounts/{id}/overrides:rollback"): _roll_back_account_override,
     ("GET", "/v1/accounts/{id}/effective-config/{model}/{resource}/{method}"): _effective_config,
     ("POST", "/v1/mappings:preview"): _preview,
+    ("GET", "/v1/accounts/{id}/events"): _events,
+    ("GET", "/v1/audit"): _audit,
+    ("GET", "/v1/environments/{env}/health"): _health,
+    ("POST", "/v1/ledger/verify"): _verify,
+    ("GET", "/v1/ledger/digests"): _digests,
     **{("GET", path): _open(path) for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")},
 }
 
@@ -305,7 +335,7 @@ def _expected(route: Route, role: str, scope: str) -> int:
         return 2
     if role not in route.roles:
         return 403
-    if scope == "other":
+    if scope == "other" and route.kind != "ledger":
         return 404
     return 2
 
@@ -627,6 +657,8 @@ async def test_head_requests_are_guarded_like_their_gets(gateway):
             continue
         url = path.replace("{env}", "prod").replace("{id}", w.accounts["prod"]).replace(
             "{model}/{resource}/{method}", "crm/contacts/list")
+        if path == "/v1/audit":
+            url += "?environment=prod"  # unfiltered, a scoped key sees its own environments' trail
         response = await gateway.client.head(url)
         if response.status != 401 or "WWW-Authenticate" not in response.headers:
             failures.append(f"HEAD {path} no key: {response.status}")

@@ -390,6 +390,12 @@ async def run_scenario(gateway) -> Scenario:
     await s.call("detail a as_of before the update", "GET", f"/v1/accounts/{s.ids['a']}?as_of={before}", 200,
                  headers=operator)
     await s.call("detail a as_of now", "GET", f"/v1/accounts/{s.ids['a']}?as_of=2999-01-01T00:00:00Z", 200, headers=admin)
+    for name in ("a", "b", "c", "f", "nk"):
+        await s.call(f"history {name}", "GET", f"/v1/accounts/{s.ids[name]}/events", 200, headers=auditor)
+    await s.call("audit trail", "GET", "/v1/audit?limit=1000", 200, headers=auditor)
+    await s.call("audit trail csv", "GET", "/v1/audit?format=csv", 200, headers=auditor)
+    await s.call("health", "GET", "/v1/environments/prod/health", 200, headers=auditor)
+    await s.call("ledger verify", "POST", "/v1/ledger/verify", 200, headers=auditor)
     await s.call("detail a as_of before it existed", "GET", f"/v1/accounts/{s.ids['a']}?as_of=2001-01-01T00:00:00Z",
                  404, headers=admin)
     await s.call("detail a as_of garbage", "GET", f"/v1/accounts/{s.ids['a']}?as_of=yesterday", 400, headers=admin)

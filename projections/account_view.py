@@ -1,0 +1,70 @@
+"""`account_view`: every account's current state, for the list and detail queries."""
+
+import json
+from typing import Sequence
+
+import asyncpg
+
+from projections import account_fold
+from projections.framework import Tables
+from projections.source import LoggedEvent
+
+COLUMNS = ("stream_id", "account_id", "environment", "integration", "tenant_id", "status", "version", "state")
+
+
+def is_account_event(event: LoggedEvent) -> bool:
+    return event.stream_id.startswith("account-")
+
+
+def row_of(stream_id: str, state: dict) -> tuple:
+    return (stream_id, state["account_id"], state["environment"], state["integration"], state["tenant_id"],
+            state["status"], state["version"], json.dumps(state, separators=(",", ":"), sort_keys=True))
+
+
+class AccountViewSession:
+    def __init__(self) -> None:
+        self.states: dict[str, dict] = {}
+        self.touched: set[str] = set()
+
+    async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None:
+        wanted = list({e.stream_id for e in events if is_account_event(e)} - self.states.keys())
+        if wanted:
+            for row in await conn.fetch(f"SELECT stream_id, state FROM {tables('account_view')}"
+                                        " WHERE stream_id = ANY($1::text[])", wanted):
+                self.states[row["stream_id"]] = json.loads(row["state"])
+
+    def apply(self, event: LoggedEvent) -> None:
+        if not is_account_event(event):
+            return
+        stream_id = event.stream_id
+        state = self.states.get(stream_id)
+        if state is None:
+            state = self.states[stream_id] = account_fold.blank(account_fold.account_id_of(stream_id))
+        account_fold.evolve_in_place(state, event.type, event.data)  # the session owns its states
+        self.touched.add(stream_id)
+
+    async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
+        rows = [row_of(s, self.states[s]) for s in self.touched if self.states[s]["status"] is not None]
+        self.touched.clear()
+        if not rows:
+            return
+        table = tables("account_view")
+        if bulk:
+            await conn.copy_records_to_table(tables.name("account_view"), records=rows, columns=COLUMNS)
+            return
+        await conn.execute(
+            f"INSERT INTO {table} ({', '.join(COLUMNS)})"
+            " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],"
+            " $7::int[], $8::jsonb[])"
+            " ON CONFLICT (stream_id) DO UPDATE SET status = excluded.status, version = excluded.version,"
+            " state = excluded.state, tenant_id = excluded.tenant_id",
+            *(list(column) for column in zip(*rows)),
+        )
+
+
+class AccountView:
+    name = "account_view"
+    tables = ("account_view",)
+
+    def session(self) -> AccountViewSession:
+        return AccountViewSession()

@@ -1,0 +1,78 @@
+"""What a projection is: a name, the tables it owns, and a session that applies events to them.
+
+A session holds the rows it touches in memory. Live (`bulk=False`), it loads the existing rows a batch
+touches and upserts them; in a rebuild (`bulk=True`) its tables start empty, so it holds everything
+and writes with COPY. Both run the same pure per-event code, which is why live and rebuilt tables
+are equal row for row.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import asyncpg
+
+from events.envelope import LogPosition
+from projections.source import LoggedEvent
+
+GREEN = "__next"  # suffix of the tables a rebuild builds beside the live ones
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The names of one generation of a projection's tables: live (suffix "") or being built."""
+
+    suffix: str = ""
+
+    def __call__(self, base: str) -> str:
+        """The quoted name, for SQL text."""
+        return f'"{self.name(base)}"'
+
+    def name(self, base: str) -> str:
+        """The bare name, for COPY and catalog lookups."""
+        return f"{base}{self.suffix}"
+
+
+class Session(Protocol):
+    async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None: ...
+
+    def apply(self, event: LoggedEvent) -> None: ...
+
+    async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None: ...
+
+
+class Projection(Protocol):
+    name: str
+    tables: tuple[str, ...]  # base names of its tables, checkpoint not included
+
+    def session(self) -> Session: ...
+
+    # Optional: `async def build_range(conn, tables, after, upto)` fills fresh tables with the rows of
+    # the events in (after, upto] inside PostgreSQL; a rebuild then uses it instead of a session.
+
+
+def checkpoint_table(projection: Projection, tables: Tables) -> str:
+    return tables(f"{projection.name}_checkpoint")
+
+
+async def read_checkpoint(conn: asyncpg.Connection, projection: Projection, tables: Tables, *,
+                          lock: bool = False) -> LogPosition:
+    row = await conn.fetchrow(f"SELECT tx, position FROM {checkpoint_table(projection, tables)}"
+                              + (" FOR UPDATE" if lock else ""))
+    return LogPosition(int(row["tx"]), row["position"])
+
+
+async def write_checkpoint(conn: asyncpg.Connection, projection: Projection, tables: Tables,
+                           at: LogPosition, applied: int) -> None:
+    await conn.execute(f"UPDATE {checkpoint_table(projection, tables)} SET tx = $1::xid8, position = $2,"
+                       " events = events + $3, updated_at = now()", at.tx, at.position, applied)
+
+
+async def apply_batch(conn: asyncpg.Connection, projection: Projection, tables: Tables,
+                      events: Sequence[LoggedEvent]) -> None:
+    """Apply one batch incrementally and move the checkpoint, inside the caller's transaction."""
+    session = projection.session()
+    await session.load(conn, tables, events)
+    for event in events:
+        session.apply(event)
+    await session.save(conn, tables, bulk=False)
+    await write_checkpoint(conn, projection, tables, events[-1].log_position, len(events))

@@ -1,0 +1,145 @@
+"""Blue/green rebuild: fresh tables are built beside the live ones, caught up, and swapped in.
+
+1. Drop what a crashed rebuild left behind and create the fresh ("__next") tables.
+2. Scan the log once in (tx, position) order: fold in memory and write with COPY (or, for a
+   projection that can, have PostgreSQL build each scanned range beside the fold), then index.
+3. Catch up on what was appended meanwhile, outside any lock.
+4. In one transaction: lock the live tables (the live runner and readers wait a moment), apply the
+   last few events, drop the live tables and rename the fresh ones (indexes too). Readers are
+   served from the old tables until that commit and from the new ones after it, never from both
+   or from a half-built one. A crash anywhere before the commit leaves the live tables as they were.
+"""
+
+import asyncio
+import gc
+from typing import Callable, Sequence
+
+import asyncpg
+
+from events.envelope import LogPosition
+from projections.framework import GREEN, Projection, Tables, apply_batch, read_checkpoint, write_checkpoint
+from projections.source import READ_AFTER, count_after, decode_rows, read_after
+
+LIVE, FRESH = Tables(), Tables(GREEN)
+Progress = Callable[[int, int], None]  # (events done, events in total so far)
+
+
+def all_tables(projection: Projection) -> list[str]:
+    return [*projection.tables, f"{projection.name}_checkpoint"]
+
+
+async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> None:
+    async with conn.transaction():
+        for base in all_tables(projection):
+            await conn.execute(f"DROP TABLE IF EXISTS {FRESH(base)}")
+        await conn.execute("SELECT ll_projection_tables($1, $2)", projection.name, GREEN)
+
+
+async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projections: Sequence[Projection],
+                page: int, progress: Progress | None) -> tuple[LogPosition, int]:
+    """Fold the whole log into the fresh tables. Three things overlap: `reader` fetches the next page,
+    this loop folds the current one in Python, `writer` has PostgreSQL build the same page for the
+    projections that build inside it (`build_range`)."""
+    in_database = [p for p in projections if hasattr(p, "build_range")]
+    sessions = [p.session() for p in projections if not hasattr(p, "build_range")]
+    after, done = LogPosition.start(), 0
+    total = await count_after(reader, after)
+
+    def fetch(position: LogPosition) -> asyncio.Task:
+        return asyncio.ensure_future(reader.fetch(READ_AFTER, position.tx, position.position, page))
+
+    async def build(start: LogPosition, end: LogPosition) -> None:
+        for projection in in_database:
+            await projection.build_range(writer, FRESH, start, end)
+
+    pending, writing = fetch(after), None
+    while True:
+        rows = await pending
+        start = after
+        if rows:
+            after = LogPosition(rows[-1][0], rows[-1][1])
+        last_page = len(rows) < page
+        if not last_page:
+            pending = fetch(after)
+        if writing is not None:
+            await writing
+        writing = asyncio.ensure_future(build(start, after))
+        if sessions:
+            events = decode_rows(rows)
+            for session in sessions:
+                apply = session.apply
+                for event in events:
+                    apply(event)
+        done += len(rows)
+        if progress:
+            progress(done, max(total, done))
+        if last_page:
+            break
+    await writing
+    for session in sessions:
+        await session.save(writer, FRESH, bulk=True)
+    return after, done
+
+
+async def _catch_up(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
+    """Apply what lies past the fresh tables' checkpoint, in batches; returns how many."""
+    total = 0
+    while True:
+        after = await read_checkpoint(conn, projection, FRESH)
+        events = await read_after(conn, after, page)
+        if not events:
+            return total
+        async with conn.transaction():
+            await apply_batch(conn, projection, FRESH, events)
+        total += len(events)
+
+
+async def _swap(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
+    async with conn.transaction():
+        live = ", ".join(LIVE(base) for base in all_tables(projection))
+        await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
+        caught = await _catch_up(conn, projection, page)
+        for base in all_tables(projection):
+            await conn.execute(f"DROP TABLE {LIVE(base)}")
+            fresh = f"{base}{GREEN}"
+            for index in await conn.fetch(
+                    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                    " WHERE i.indrelid = to_regclass($1)", FRESH(base)):
+                name = index["relname"]
+                if name.startswith(fresh):
+                    await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{base}{name[len(fresh):]}"')
+            await conn.execute(f"ALTER TABLE {FRESH(base)} RENAME TO {LIVE(base)}")
+    return caught
+
+
+async def rebuild(dsn: str, projections: Sequence[Projection], *, page: int = 20_000,
+                  progress: Progress | None = None) -> int:
+    """Rebuild `projections` from the whole log and swap them in. `dsn` must connect as a role that
+    owns the tables. Returns how many events the scan folded."""
+    # Index builds after the load sort in memory when they may.
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild",
+                                                       "maintenance_work_mem": "256MB"})
+    reader = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild-scan"})
+    try:
+        for projection in projections:
+            await _create_fresh(conn, projection)
+        # The fold allocates millions of acyclic objects; the cyclic collector walking them over and
+        # over costs more than the fold itself, and there is nothing for it to find.
+        gc.disable()
+        try:
+            after, done = await _scan(reader, conn, projections, page, progress)
+        finally:
+            gc.enable()
+        for projection in projections:
+            async with conn.transaction():
+                await write_checkpoint(conn, projection, FRESH, after, done)
+            await conn.execute("SELECT ll_projection_indexes($1, $2)", projection.name, GREEN)
+            for base in projection.tables:
+                await conn.execute(f"ANALYZE {FRESH(base)}")
+        for projection in projections:
+            await _catch_up(conn, projection, page)
+            await _swap(conn, projection, page)
+        return done
+    finally:
+        await reader.close()
+        await conn.close()
