@@ -248,8 +248,17 @@ def _validate_stream_id(stream_id: str) -> None:
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        self._append_listeners: list = []  # called after each append (the relay's wake-up)
         self._group_commit = _Coalescer(self._send_appends)
         self._stream_creator = _Coalescer(self._send_creations)
+
+    def add_append_listener(self, listener) -> None:
+        """`listener()` is called after every append (e.g. to wake the relay up); it must not block."""
+        self._append_listeners.append(listener)
+
+    def _appended(self) -> None:
+        for listener in self._append_listeners:
+            listener()
 
     async def append(
         self,
@@ -264,6 +273,12 @@ class PostgresEventStore:
 
         With `conn` the append joins the caller's transaction and must be its first write.
         """
+        results = await self._append(stream_id, events, expected_version, snapshot=snapshot, conn=conn)
+        if self._append_listeners:
+            self._appended()
+        return results
+
+    async def _append(self, stream_id, events, expected_version, *, snapshot, conn) -> list[AppendResult]:
         rows = self._prepare(stream_id, events, expected_version)
         snapshot_json = json.dumps(snapshot, separators=(",", ":")) if snapshot is not None else None
         if conn is None and len(rows) == 1:
@@ -330,6 +345,8 @@ class PostgresEventStore:
             results = created[row["stream_id"]] or []
             results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))
             created[row["stream_id"]] = results
+        if rows and self._append_listeners:
+            self._appended()
         return created
 
     @staticmethod

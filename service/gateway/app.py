@@ -12,7 +12,7 @@ from service.clock import clock_from_settings
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, RELAY, SETTINGS, UOW
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -70,6 +70,32 @@ async def _access_log(app: web.Application):
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _relay(app: web.Application):
+    """Publication to NATS JetStream: the relay (active in one process across replicas), woken by
+    this process's appends and, through NOTIFY, by other processes' appends."""
+    from service.workers.relay import AppendNotifier, make_relay, relay_pool
+
+    settings = app[SETTINGS]
+    store = app[UOW].store
+    notifier = AppendNotifier(app[POOL])
+    store.add_append_listener(notifier.appended)
+    tasks = [asyncio.create_task(notifier.run())]
+    pool = None
+    if settings.relay:
+        pool = await relay_pool(settings)
+        relay = make_relay(settings, pool, app[NATS].wait_connected)
+        store.add_append_listener(relay.wake)
+        app[METRICS].watch_relay(relay.stats)
+        app[RELAY] = relay
+        tasks.append(asyncio.create_task(relay.run()))
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if pool is not None:
+        await pool.close()
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -91,7 +117,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _relay, _digest_worker])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
         app.add_routes(module.routes)
     return app

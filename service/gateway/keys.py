@@ -3,6 +3,7 @@
 import asyncpg
 from aiohttp import web
 
+from events.relay import Relay
 from service.gateway.metrics import Metrics
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
@@ -17,3 +18,4 @@ UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)
+RELAY = web.AppKey("relay", Relay)
