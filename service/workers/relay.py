@@ -50,12 +50,16 @@ async def run_standalone_relay(settings: Settings, *, stream: str | None = None,
     pool = await relay_pool(settings)
     nc = None
 
+    async def error(exc):
+        log.debug("NATS: %s", type(exc).__name__)
+
     async def client():
         nonlocal nc
         while nc is None:
             try:
                 nc = await nats.connect(settings.nats_url, name="linkledger-relay", allow_reconnect=True,
-                                        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2)
+                                        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+                                        error_cb=error)
             except Exception as exc:  # noqa: BLE001 - NATS not up yet: keep trying
                 log.warning("NATS not reachable yet (%s)", type(exc).__name__)
                 await asyncio.sleep(1)
