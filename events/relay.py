@@ -37,7 +37,7 @@ import logging
 import re
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -57,10 +57,31 @@ RELAY_ROLE = "linkledger_relay"
 # Columns named one by one: never `secret` (the relay's role may not read it anyway).
 _READ = (
     "SELECT position, tx, event_id, stream_id, version, type, schema_version, data, occurred_at"
-    " FROM events WHERE (tx, position) > ($1::xid8, $2::bigint)"
-    " AND tx < pg_snapshot_xmin(pg_current_snapshot())"
+    " FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND tx < $4::xid8"
     " ORDER BY tx, position LIMIT $3"
 )
+# The snapshot horizon of *this database* (DESIGN invariant 1, narrowed): the oldest transaction
+# still running in a session of this database, else the snapshot's xmax. Transactions of other
+# databases on the same server cannot write this log, so they do not hold the relay back (they
+# do hold back pg_snapshot_xmin, which is cluster-wide: a CREATE DATABASE elsewhere would stall
+# publication for its whole duration). When any session of this database is hidden from the
+# relay's role (no pg_read_all_stats), it falls back to the cluster-wide xmin. Evaluated in a
+# statement of its own, *before* the read: a writer it saw as finished has committed (or
+# aborted) before the read's snapshot is taken.
+_HORIZON = """
+WITH snap AS (SELECT pg_current_snapshot() AS s),
+mine AS (
+  SELECT count(*) FILTER (WHERE query = '<insufficient privilege>') AS hidden,
+         array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL) AS xids
+    FROM pg_stat_activity WHERE datname = current_database()
+)
+SELECT CASE WHEN mine.hidden > 0 THEN pg_snapshot_xmin(snap.s)
+            ELSE coalesce((SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
+                            WHERE (x::text::bigint % 4294967296) = ANY (coalesce(mine.xids, '{}'))),
+                          pg_snapshot_xmax(snap.s))
+       END::text
+  FROM snap, mine
+"""
 _FIRST_EVENTS = "SELECT stream_id, data FROM events WHERE stream_id = ANY ($1::text[]) AND version = 1"
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
@@ -82,6 +103,16 @@ class StreamContext:
 
 
 @dataclass
+class _Batch:
+    size: int
+    done: asyncio.Future
+    remaining: int = -1
+
+    def __post_init__(self) -> None:
+        self.remaining = self.size
+
+
+@dataclass(eq=False)
 class Outgoing:
     position: LogPosition
     event_id: str
@@ -89,7 +120,8 @@ class Outgoing:
     subject: str
     body: bytes
     occurred_at: datetime
-    done: asyncio.Future | None = None
+    batch: _Batch | None = None
+    sent_at: float = 0.0
 
 
 @dataclass
@@ -196,6 +228,7 @@ class Relay:
         prefix: str = SUBJECT_PREFIX,
         max_in_flight: int = 256,
         batch_size: int = 1000,
+        read_ahead: int = 5000,
         poll_interval: float = 0.5,
         publish_timeout: float = 5.0,
         lock_retry: float = 2.0,
@@ -208,6 +241,7 @@ class Relay:
         self.prefix = prefix
         self.max_in_flight = max_in_flight
         self.batch_size = batch_size
+        self.read_ahead = read_ahead
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self.lock_retry = lock_retry
@@ -238,7 +272,9 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage
-                log.warning("relay %s stopped (%s: %s); starting over", self.name, type(exc).__name__, exc)
+                causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+                log.warning("relay %s stopped (%s); starting over", self.name,
+                            "; ".join(f"{type(c).__name__}: {c}" for c in causes))
             self.stats.active = False
             await asyncio.sleep(self.lock_retry)
 
@@ -272,10 +308,8 @@ class Relay:
         await ensure_stream(nc, self.stream, self.prefix)
         cursor = await self._load_checkpoint(lock_conn)
         self.stats.checkpoint = cursor
-        batches: asyncio.Queue = asyncio.Queue(maxsize=max(2, (4 * self.max_in_flight) // self.batch_size + 2))
-        in_flight = asyncio.Semaphore(self.max_in_flight)
-        last_of_stream: dict[str, asyncio.Future] = {}
-        tasks: set[asyncio.Task] = set()
+        batches: asyncio.Queue = asyncio.Queue(maxsize=max(2, self.read_ahead // self.batch_size))
+        publisher = _Publisher(nc, self.max_in_flight, self.publish_timeout, self.stats, self.on_published)
         pending_times: list[float] = []  # occurred_at (epoch) of the first event of each queued batch
 
         async def read() -> None:
@@ -283,7 +317,8 @@ class Relay:
             backoff = 0.0
             while True:
                 self._wake.clear()
-                rows = await self._pool.fetch(_READ, cursor.tx, cursor.position, self.batch_size)
+                horizon = await self._horizon()
+                rows = await self._pool.fetch(_READ, cursor.tx, cursor.position, self.batch_size, horizon)
                 if not rows:
                     self._caught_up.set()
                     if backoff:
@@ -304,27 +339,24 @@ class Relay:
                 backoff = 0.002
                 self._caught_up.clear()
                 outgoing = await self._messages(rows)
+                batch = _Batch(len(outgoing), asyncio.get_running_loop().create_future())
                 for message in outgoing:
-                    message.done = asyncio.get_running_loop().create_future()
-                    previous = last_of_stream.get(message.stream_id)
-                    last_of_stream[message.stream_id] = message.done
-                    task = asyncio.create_task(self._deliver(nc, message, previous, in_flight, last_of_stream))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    message.batch = batch
+                publisher.submit(outgoing)
                 cursor = outgoing[-1].position
                 if self.stats.oldest_unacked_at is None:
                     self.stats.oldest_unacked_at = outgoing[0].occurred_at.timestamp()
                 pending_times.append(outgoing[0].occurred_at.timestamp())
-                await batches.put((cursor, [m.done for m in outgoing]))
+                await batches.put((cursor, batch))
 
         async def commit() -> None:
             while True:
-                position, futures = await batches.get()
-                await asyncio.gather(*futures)
+                position, batch = await batches.get()
+                await batch.done
                 await lock_conn.execute(
                     "UPDATE relay_checkpoints SET tx = $2::xid8, position = $3, published = published + $4,"
                     " updated_at = now() WHERE name = $1 AND (tx, position) < ($2::xid8, $3)",
-                    self.name, position.tx, position.position, len(futures),
+                    self.name, position.tx, position.position, batch.size,
                 )
                 self.stats.checkpoint = position
                 pending_times.pop(0)
@@ -338,16 +370,20 @@ class Relay:
                 self.stats.head_position = value or 0
                 await asyncio.sleep(1.0)
 
+        await publisher.start()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(read())
                 group.create_task(commit())
                 group.create_task(watch_head())
+                group.create_task(publisher.run())
         finally:
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await publisher.close()
             self.stats.oldest_unacked_at = None
+
+    async def _horizon(self) -> int:
+        """The (xid8) transaction id below which every writer of this database has finished."""
+        return int(await self._pool.fetchval(_HORIZON))
 
     async def _messages(self, rows: list[asyncpg.Record]) -> list[Outgoing]:
         # Contexts of account streams not seen yet come from their AccountConnecting event.
@@ -381,47 +417,6 @@ class Relay:
             ))
         return out
 
-    async def _deliver(self, nc, message: Outgoing, previous: asyncio.Future | None, gate: asyncio.Semaphore,
-                       last_of_stream: dict[str, asyncio.Future]) -> None:
-        if previous is not None and not previous.done():
-            await asyncio.shield(previous)
-        try:
-            async with gate:
-                duplicate = await self._publish(nc, message)
-        except BaseException as exc:
-            if not message.done.done():
-                message.done.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                message.done.exception()  # retrieved: a cancelled relay does not warn about it
-            raise
-        if duplicate:
-            self.stats.duplicates += 1
-        else:
-            self.stats.published += 1
-        message.done.set_result(None)
-        if last_of_stream.get(message.stream_id) is message.done:
-            del last_of_stream[message.stream_id]
-        if self.on_published is not None:
-            self.on_published(message, duplicate)
-
-    async def _publish(self, nc, message: Outgoing) -> bool:
-        """Publish until JetStream acknowledges; True when it was a duplicate."""
-        js = nc.jetstream()
-        headers = {"Nats-Msg-Id": message.event_id}
-        delay = 0.05
-        while True:
-            if nc.is_connected:
-                try:
-                    ack = await js.publish(message.subject, message.body, timeout=self.publish_timeout,
-                                           headers=headers)
-                    return bool(ack.duplicate)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - timeout, no responders, disconnect: unknown, retry
-                    self.stats.retries += 1
-                    log.debug("publish of %s not acknowledged (%s); retrying", message.event_id, type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
     async def wait_caught_up(self, timeout: float | None = None) -> None:
         """Tests and benchmarks: until a read found nothing new."""
         await asyncio.wait_for(self._caught_up.wait(), timeout)
@@ -449,3 +444,126 @@ class AppendNotifier:
             except (asyncpg.PostgresError, OSError) as exc:
                 log.debug("NOTIFY failed: %s", type(exc).__name__)
             await asyncio.sleep(self._interval)
+
+
+class _Publisher:
+    """Publishes to JetStream with at most `max_in_flight` messages unacknowledged and at most one
+    per stream, over one reply subscription (no task or request future per message).
+
+    A message is acknowledged by the first PubAck that names it; one that gets no ack within
+    `timeout` (or an error, or no responders) is sent again with the same `Nats-Msg-Id`, so a
+    lost ack costs a `duplicate` ack, never a second copy. A stream's next message is released
+    only when the previous one is acknowledged: each stream's events are stored in order.
+    """
+
+    def __init__(self, nc, max_in_flight: int, timeout: float, stats: RelayStats, on_published):
+        self._nc = nc
+        self._max = max_in_flight
+        self._timeout = timeout
+        self._stats = stats
+        self._on_published = on_published
+        self._inbox = nc.new_inbox()
+        self._sub = None
+        self._tokens = 0
+        self._flying: dict[str, Outgoing] = {}
+        self._ready: deque[Outgoing] = deque()
+        self._busy: dict[str, deque[Outgoing]] = {}  # stream -> its messages waiting behind the outstanding one
+        self._kick = asyncio.Event()
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone
+                pass
+        for message in [*self._flying.values(), *self._ready, *(m for q in self._busy.values() for m in q)]:
+            if message.batch is not None and not message.batch.done.done():
+                message.batch.done.cancel()
+
+    def submit(self, messages: list[Outgoing]) -> None:
+        for message in messages:
+            waiting = self._busy.get(message.stream_id)
+            if waiting is None:
+                self._busy[message.stream_id] = deque()
+                self._ready.append(message)
+            else:
+                waiting.append(message)
+        self._kick.set()
+
+    async def run(self) -> None:
+        next_sweep = time.monotonic() + self._timeout / 4
+        while True:
+            while self._ready and len(self._flying) < self._max and self._nc.is_connected:
+                message = self._ready.popleft()
+                self._tokens += 1
+                token = str(self._tokens)
+                message.sent_at = time.monotonic()
+                self._flying[token] = message
+                try:
+                    await self._nc.publish(message.subject, message.body, reply=f"{self._inbox}.{token}",
+                                           headers={"Nats-Msg-Id": message.event_id})
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - disconnected, buffer full: try again shortly
+                    self._flying.pop(token, None)
+                    self._ready.appendleft(message)
+                    self._stats.retries += 1
+                    log.debug("publish of %s failed (%s); retrying", message.event_id, type(exc).__name__)
+                    break
+            self._kick.clear()
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + self._timeout / 4
+                self._sweep(now)
+            try:
+                await asyncio.wait_for(self._kick.wait(), max(0.01, min(self._timeout / 4, 0.05 if self._ready else 1.0)))
+            except asyncio.TimeoutError:
+                pass
+
+    def _sweep(self, now: float) -> None:
+        """No ack in time: unknown; send again (same message id)."""
+        late = [token for token, m in self._flying.items() if now - m.sent_at > self._timeout]
+        for token in late:
+            message = self._flying.pop(token)
+            self._stats.retries += 1
+            self._ready.appendleft(message)
+        if late:
+            log.debug("%d publication(s) unacknowledged after %.1fs; sending again", len(late), self._timeout)
+
+    async def _on_ack(self, msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        message = self._flying.pop(token, None)
+        if message is None:
+            return  # a late ack of a publication already sent again: that one will be acked
+        try:
+            ack = json.loads(msg.data) if msg.data else None
+        except ValueError:
+            ack = None
+        if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
+            # No responders (JetStream not ready), or an error: try again a little later.
+            self._stats.retries += 1
+            asyncio.get_running_loop().call_later(0.1, self._retry, message)
+            return
+        if ack.get("duplicate"):
+            self._stats.duplicates += 1
+        else:
+            self._stats.published += 1
+        waiting = self._busy.get(message.stream_id)
+        if waiting:
+            self._ready.append(waiting.popleft())
+        else:
+            self._busy.pop(message.stream_id, None)
+        batch = message.batch
+        batch.remaining -= 1
+        if batch.remaining == 0 and not batch.done.done():
+            batch.done.set_result(None)
+        self._kick.set()
+        if self._on_published is not None:
+            self._on_published(message, bool(ack.get("duplicate")))
+
+    def _retry(self, message: Outgoing) -> None:
+        self._ready.appendleft(message)
+        self._kick.set()

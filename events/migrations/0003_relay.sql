@@ -31,3 +31,13 @@ BEGIN
   EXECUTE format('GRANT SELECT ON SEQUENCE %s TO linkledger_relay', pg_get_serial_sequence('events', 'position'));
 END
 $$;
+-- The relay's horizon looks only at transactions of this database (see events/relay.py), which
+-- needs to see other sessions' transaction ids. Without the grant (a migration run by a role that
+-- may not give it) the relay falls back to the cluster-wide horizon, correct but slower to follow.
+DO $$
+BEGIN
+  GRANT pg_read_all_stats TO linkledger_relay;
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'linkledger_relay cannot be granted pg_read_all_stats: the relay uses the cluster-wide horizon';
+END
+$$;

@@ -131,3 +131,66 @@ async def test_a_restart_publishes_nothing_twice_and_one_relay_is_active(store, 
             await _stop(task)
     messages = await read_stream(nc, js_stream)
     assert [json.loads(m.data)["data"]["stream_version"] for m in messages] == list(range(1, 32))
+
+
+async def test_no_event_is_skipped_behind_an_open_writer_of_this_database(store, pool, relay_pool, nc, js_stream):
+    """Invariant 1 for the relay: an append whose transaction is still open holds back everything
+    committed after it, and is published once it commits, not skipped."""
+    early, late = uuid.uuid4(), uuid.uuid4()
+    relay = Relay(relay_pool, lambda: _ready(nc), stream=js_stream, prefix=js_stream, poll_interval=0.05)
+    store.add_append_listener(relay.wake)
+    task = await _run(relay)
+    try:
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await store.append(f"account-{early}", [connecting(early)], 0, conn=conn)  # position p1, tx a
+            await store.append(f"account-{late}", [connecting(late)], 0)  # committed: position p2 > p1, tx b > a
+            await asyncio.sleep(0.5)
+            assert relay.stats.published == 0, "published past a writer that had not committed"
+            await transaction.commit()
+        assert await wait_for_count(nc, js_stream, 2) == 2
+    finally:
+        await _stop(task)
+    subjects = {json.loads(m.data)["subject"] for m in await read_stream(nc, js_stream)}
+    assert subjects == {str(early), str(late)}
+
+
+async def test_a_transaction_of_another_database_does_not_hold_the_relay_back(servers, store, relay_pool, nc, js_stream):
+    other = await asyncpg.connect(servers.database_url)  # the server's maintenance database
+    try:
+        await other.execute("BEGIN")
+        await other.fetchval("SELECT pg_current_xact_id()")  # holds back the cluster-wide xmin
+        relay = Relay(relay_pool, lambda: _ready(nc), stream=js_stream, prefix=js_stream, poll_interval=0.05)
+        store.add_append_listener(relay.wake)
+        task = await _run(relay)
+        try:
+            account = uuid.uuid4()
+            await store.append(f"account-{account}", [connecting(account)], 0)
+            assert await wait_for_count(nc, js_stream, 1, timeout=30) == 1
+        finally:
+            await _stop(task)
+        await other.execute("ROLLBACK")
+    finally:
+        await other.close()
+
+
+async def test_concurrent_writers_and_a_following_relay_publish_everything(store, relay_pool, nc, js_stream):
+    relay = Relay(relay_pool, lambda: _ready(nc), stream=js_stream, prefix=js_stream, poll_interval=0.02,
+                  batch_size=50)
+    task = await _run(relay)  # not woken by the store: it finds the events by polling
+    try:
+        async def writer(w: int) -> None:
+            for i in range(25):
+                account = uuid.uuid4()
+                await store.append(f"account-{account}", [connecting(account), imported(b"\x02" * 40)], 0)
+
+        await asyncio.gather(*(writer(w) for w in range(16)))
+        assert await wait_for_count(nc, js_stream, 800) == 800
+    finally:
+        await _stop(task)
+    messages = await read_stream(nc, js_stream)
+    ids = [m.header["Nats-Msg-Id"] for m in messages]
+    assert len(ids) == len(set(ids)) == 800
+    rows = await relay_pool.fetch("SELECT event_id FROM events")
+    assert {str(r["event_id"]) for r in rows} == set(ids)
