@@ -1,8 +1,9 @@
 """Environment events: stream `environment-<env>`."""
 
 from typing import ClassVar
+from uuid import UUID
 
-from events.catalog.base import Event, JsonObject
+from events.catalog.base import Event, Instant, JsonObject
 
 
 class EnvironmentEvent(Event):
@@ -17,3 +18,15 @@ class EnvironmentOverrideChanged(EnvironmentEvent):
     environment: str
     merge_patch: JsonObject
     resulting_hash: str  # hash of the environment override after the patch
+
+
+class WebhookEndpointDisabled(EnvironmentEvent):
+    """A webhook endpoint kept failing for the whole retry period and was disabled."""
+
+    type: ClassVar[str] = "WebhookEndpointDisabled"
+
+    environment: str
+    endpoint_id: UUID
+    host: str  # the endpoint URL's host only: a URL may carry credentials in its path or query
+    reason: str
+    failing_since: Instant

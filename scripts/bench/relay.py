@@ -116,6 +116,7 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
     store = PostgresEventStore(pool)
     started_at: dict[str, float] = {}
     latencies: list[float] = []
+    append_latencies: list[float] = []
 
     def published(message, duplicate):
         t0 = started_at.pop(message.event_id, None)
@@ -140,7 +141,9 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
         versions[account] += 1  # reserved before awaiting: the next event of this stream follows it
         started_at[str(event.event_id)] = time.perf_counter()
         try:
+            t0 = time.perf_counter()
             await store.append(f"account-{account}", [event], versions[account] - 1)
+            append_latencies.append(time.perf_counter() - t0)
         except Exception:  # noqa: BLE001
             errors += 1
             started_at.pop(str(event.event_id), None)
@@ -164,7 +167,7 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
         await relay_pool.close()
         await pool.close()
         await nc.jetstream().delete_stream(stream)
-    return latencies, errors + len(started_at)
+    return latencies, append_latencies, errors + len(started_at)
 
 
 async def run(events: int, streams: int, rounds: int, rate: int, seconds: float) -> str:
@@ -189,14 +192,17 @@ async def run(events: int, streams: int, rounds: int, rate: int, seconds: float)
                 print(f"relay catch-up                        round {round_no + 1}: {stored / elapsed:,.0f} events/s",
                       flush=True)
             async with scratch_database(server_dsn) as dsn:
-                latencies, lost = await _latency(dsn, nc, f"benchlat{uuid.uuid4().hex[:8]}", rate, seconds, 2000)
+                latencies, append_latencies, lost = await _latency(dsn, nc, f"benchlat{uuid.uuid4().hex[:8]}", rate, seconds, 2000)
             print(f"steady {rate}/s for {seconds:.0f}s: p50 {percentile_ms(latencies, 0.5)} ms, "
-                  f"p99 {percentile_ms(latencies, 0.99)} ms, {len(latencies)} acked, {lost} lost", flush=True)
+                  f"p99 {percentile_ms(latencies, 0.99)} ms, {len(latencies)} acked, {lost} lost; the appends alone: "
+                  f"p50 {percentile_ms(append_latencies, 0.5)} ms, p99 {percentile_ms(append_latencies, 0.99)} ms",
+                  flush=True)
         finally:
             await nc.close()
     return result_line(
         "relay", median(values), "events/s", median(ceilings),
         p50_ms=percentile_ms(latencies, 0.5), p99_ms=percentile_ms(latencies, 0.99), max_ms=percentile_ms(latencies, 1.0),
+        append_p50_ms=percentile_ms(append_latencies, 0.5), append_p99_ms=percentile_ms(append_latencies, 0.99),
         steady_rate=rate, steady_seconds=seconds, steady_acked=len(latencies), steady_lost=lost,
         events=events, streams=streams, rounds=rounds, in_flight=256,
     )

@@ -9,7 +9,7 @@ from aiohttp import web
 from events.database import create_pool
 from service.bootstrap import bootstrap, load_fingerprinter, load_keyring
 from service.clock import clock_from_settings
-from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta
+from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta, routes_webhooks
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
 from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, RELAY, SETTINGS, UOW
@@ -96,6 +96,22 @@ async def _relay(app: web.Application):
         await pool.close()
 
 
+async def _webhook_dispatcher(app: web.Application):
+    from service.workers.webhooks import WebhookDispatcher
+
+    settings = app[SETTINGS]
+    task = None
+    if settings.webhook_dispatcher:
+        dispatcher = WebhookDispatcher(app[POOL], load_keyring(settings), app[NATS].wait_connected,
+                                       stream=settings.nats_stream, prefix=settings.nats_subject_prefix,
+                                       store=app[UOW].store, clock=app[UOW].clock)
+        task = asyncio.create_task(dispatcher.run())
+    yield
+    if task:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -117,7 +133,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _relay, _digest_worker])
-    for module in (routes_health, routes_meta, routes_integrations, routes_accounts):
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _relay, _webhook_dispatcher,
+                            _digest_worker])
+    for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_webhooks):
         app.add_routes(module.routes)
     return app
