@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import asyncpg
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.v1.http import from_json
 import nats
 import pytest
 from aiohttp import web
@@ -76,6 +78,10 @@ async def test_no_nats_message_and_no_webhook_carries_a_secret(publishing_gatewa
             break
         await asyncio.sleep(0.02)
     assert sum(b'"integrated_account:created"' in g for g in got) == created > 5
+    for message in messages:  # every message is a CloudEvent the SDK reads
+        event = from_json(message.data)
+        assert event["id"] == message.header["Nats-Msg-Id"] and event["specversion"] == "1.0"
+        assert JSONFormat().read(None, message.data).get_type() == event["type"]
     leaks = []
     for message in messages:
         blob = message.subject.encode() + json.dumps(message.header).encode() + message.data
@@ -87,3 +93,7 @@ async def test_no_nats_message_and_no_webhook_carries_a_secret(publishing_gatewa
         if found:
             leaks.append(f"webhook: {found} {body[:200]!r}")
     assert not leaks, "\n".join(leaks)
+    metrics = await (await publishing_gateway.client.get("/metrics")).text()
+    published = [line for line in metrics.splitlines() if line.startswith("linkledger_relay_published_total ")]
+    assert published and float(published[0].split()[1]) >= total
+    assert "linkledger_relay_lag_events " in metrics and "linkledger_relay_duplicates_total " in metrics
