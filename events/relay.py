@@ -65,14 +65,17 @@ _READ = (
 # databases on the same server cannot write this log, so they do not hold the relay back (they
 # do hold back pg_snapshot_xmin, which is cluster-wide: a CREATE DATABASE elsewhere would stall
 # publication for its whole duration). When any session of this database is hidden from the
-# relay's role (no pg_read_all_stats), it falls back to the cluster-wide xmin. Evaluated in a
+# relay's role (no pg_read_all_stats), it falls back to the cluster-wide xmin. Prepared (two-phase)
+# transactions of this database count as running writers too. Evaluated in a
 # statement of its own, *before* the read: a writer it saw as finished has committed (or
 # aborted) before the read's snapshot is taken.
 _HORIZON = """
 WITH snap AS (SELECT pg_current_snapshot() AS s),
 mine AS (
   SELECT count(*) FILTER (WHERE query = '<insufficient privilege>') AS hidden,
-         array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL) AS xids
+         array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL)
+           || coalesce((SELECT array_agg(transaction::text::bigint) FROM pg_prepared_xacts
+                         WHERE database = current_database()), '{}') AS xids
     FROM pg_stat_activity WHERE datname = current_database()
 )
 SELECT CASE WHEN mine.hidden > 0 THEN pg_snapshot_xmin(snap.s)
@@ -122,6 +125,7 @@ class Outgoing:
     occurred_at: datetime
     batch: _Batch | None = None
     sent_at: float = 0.0
+    read_at: float = 0.0  # time.perf_counter() when the relay read it from the log
 
 
 @dataclass
@@ -399,6 +403,7 @@ class Relay:
             for found in await self._pool.fetch(_FIRST_EVENTS, list(missing)):
                 self._contexts.put(found["stream_id"], _account_context(found["stream_id"], json.loads(found["data"])))
         out = []
+        read_at = time.perf_counter()
         for row in rows:
             stream_id = row["stream_id"]
             context = self._contexts.get(stream_id) if stream_id.startswith("account-") else _static_context(stream_id)
@@ -414,6 +419,7 @@ class Relay:
                                 stream_version=row["version"], position=row["position"], data_json=row["data"],
                                 occurred_at=row["occurred_at"], context=context),
                 occurred_at=row["occurred_at"],
+                read_at=read_at,
             ))
         return out
 

@@ -115,13 +115,21 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
     relay_pool = await create_pool(dsn, role=RELAY_ROLE, min_size=2, max_size=4)
     store = PostgresEventStore(pool)
     started_at: dict[str, float] = {}
+    committed_at: dict[str, float] = {}
     latencies: list[float] = []
     append_latencies: list[float] = []
+    relay_latencies: list[float] = []  # from the append's return (committed) to the ack
+    read_latencies: list[float] = []  # from the append's return to the relay reading the event
 
     def published(message, duplicate):
+        now = time.perf_counter()
         t0 = started_at.pop(message.event_id, None)
         if t0 is not None:
-            latencies.append(time.perf_counter() - t0)
+            latencies.append(now - t0)
+        t1 = committed_at.pop(message.event_id, None)
+        if t1 is not None:
+            relay_latencies.append(now - t1)
+            read_latencies.append(max(0.0, message.read_at - t1))
 
     async def ready():
         return nc
@@ -144,6 +152,8 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
             t0 = time.perf_counter()
             await store.append(f"account-{account}", [event], versions[account] - 1)
             append_latencies.append(time.perf_counter() - t0)
+            if str(event.event_id) in started_at:  # not acked yet (it almost never is)
+                committed_at[str(event.event_id)] = time.perf_counter()
         except Exception:  # noqa: BLE001
             errors += 1
             started_at.pop(str(event.event_id), None)
@@ -167,7 +177,7 @@ async def _latency(dsn: str, nc, stream: str, rate: int, seconds: float, streams
         await relay_pool.close()
         await pool.close()
         await nc.jetstream().delete_stream(stream)
-    return latencies, append_latencies, errors + len(started_at)
+    return latencies, append_latencies, relay_latencies, read_latencies, errors + len(started_at)
 
 
 async def run(events: int, streams: int, rounds: int, rate: int, seconds: float) -> str:
@@ -192,10 +202,13 @@ async def run(events: int, streams: int, rounds: int, rate: int, seconds: float)
                 print(f"relay catch-up                        round {round_no + 1}: {stored / elapsed:,.0f} events/s",
                       flush=True)
             async with scratch_database(server_dsn) as dsn:
-                latencies, append_latencies, lost = await _latency(dsn, nc, f"benchlat{uuid.uuid4().hex[:8]}", rate, seconds, 2000)
+                latencies, append_latencies, relay_latencies, read_latencies, lost = await _latency(dsn, nc, f"benchlat{uuid.uuid4().hex[:8]}", rate, seconds, 2000)
             print(f"steady {rate}/s for {seconds:.0f}s: p50 {percentile_ms(latencies, 0.5)} ms, "
                   f"p99 {percentile_ms(latencies, 0.99)} ms, {len(latencies)} acked, {lost} lost; the appends alone: "
-                  f"p50 {percentile_ms(append_latencies, 0.5)} ms, p99 {percentile_ms(append_latencies, 0.99)} ms",
+                  f"p50 {percentile_ms(append_latencies, 0.5)} ms, p99 {percentile_ms(append_latencies, 0.99)} ms; "
+                  f"commit to ack: p50 {percentile_ms(relay_latencies, 0.5)} ms, p99 {percentile_ms(relay_latencies, 0.99)} ms "
+                  f"(of which commit to read: p50 {percentile_ms(read_latencies, 0.5)} ms, "
+                  f"p99 {percentile_ms(read_latencies, 0.99)} ms)",
                   flush=True)
         finally:
             await nc.close()
@@ -203,6 +216,8 @@ async def run(events: int, streams: int, rounds: int, rate: int, seconds: float)
         "relay", median(values), "events/s", median(ceilings),
         p50_ms=percentile_ms(latencies, 0.5), p99_ms=percentile_ms(latencies, 0.99), max_ms=percentile_ms(latencies, 1.0),
         append_p50_ms=percentile_ms(append_latencies, 0.5), append_p99_ms=percentile_ms(append_latencies, 0.99),
+        commit_to_ack_p50_ms=percentile_ms(relay_latencies, 0.5), commit_to_ack_p99_ms=percentile_ms(relay_latencies, 0.99),
+        commit_to_read_p99_ms=percentile_ms(read_latencies, 0.99),
         steady_rate=rate, steady_seconds=seconds, steady_acked=len(latencies), steady_lost=lost,
         events=events, streams=streams, rounds=rounds, in_flight=256,
     )

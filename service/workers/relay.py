@@ -9,7 +9,7 @@ import nats
 
 from events.catalog import schemas
 from events.database import create_pool
-from events.publish import STREAM_NAME, SUBJECT_PREFIX
+from events.publish import SUBJECT_PREFIX
 from events.relay import CLOUDEVENTS_TYPE_PREFIX, RELAY_ROLE, AppendNotifier, Relay
 from service.settings import Settings
 
@@ -81,5 +81,4 @@ async def run_standalone_relay(settings: Settings, *, stream: str | None = None,
         await pool.close()
 
 
-__all__ = ["AppendNotifier", "catalog_with_subjects", "make_relay", "relay_pool", "run_standalone_relay",
-           "STREAM_NAME"]
+__all__ = ["AppendNotifier", "catalog_with_subjects", "make_relay", "relay_pool", "run_standalone_relay"]
