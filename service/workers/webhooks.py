@@ -185,7 +185,7 @@ class WebhookDispatcher:
         sub = await self._subscription()
         try:
             messages = await sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing there (fetch raises either)
             return 0
         created = 0
         for message in messages:

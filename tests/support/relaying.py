@@ -70,7 +70,7 @@ async def read_stream(nc, stream: str, subject: str = ">") -> list:
         while len(out) < total:
             try:
                 batch = await sub.fetch(min(1000, total - len(out)), timeout=5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 break
             out.extend(batch)
     finally:
