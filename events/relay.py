@@ -433,13 +433,15 @@ class AppendNotifier:
     outside any append transaction and at most one per `interval`, so appends are neither slowed
     nor serialised by it."""
 
-    def __init__(self, pool: asyncpg.Pool, interval: float = 0.01):
+    def __init__(self, pool: asyncpg.Pool, interval: float = 0.01, *, needless: Callable[[], bool] = lambda: False):
         self._pool = pool
         self._interval = interval
+        self._needless = needless  # e.g. "this process's relay is the active one": woken in process already
         self._pending = asyncio.Event()
 
     def appended(self) -> None:
-        self._pending.set()
+        if not self._needless():
+            self._pending.set()
 
     async def run(self) -> None:
         while True:

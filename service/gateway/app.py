@@ -77,13 +77,14 @@ async def _relay(app: web.Application):
 
     settings = app[SETTINGS]
     store = app[UOW].store
-    notifier = AppendNotifier(app[POOL])
-    store.add_append_listener(notifier.appended)
-    tasks = [asyncio.create_task(notifier.run())]
-    pool = None
+    relay, pool = None, None
     if settings.relay:
         pool = await relay_pool(settings)
         relay = make_relay(settings, pool, app[NATS].wait_connected)
+    notifier = AppendNotifier(app[POOL], needless=lambda: relay is not None and relay.stats.active)
+    store.add_append_listener(notifier.appended)
+    tasks = [asyncio.create_task(notifier.run())]
+    if relay is not None:
         store.add_append_listener(relay.wake)
         app[METRICS].watch_relay(relay.stats)
         app[RELAY] = relay

@@ -194,3 +194,32 @@ async def test_concurrent_writers_and_a_following_relay_publish_everything(store
     assert len(ids) == len(set(ids)) == 800
     rows = await relay_pool.fetch("SELECT event_id FROM events")
     assert {str(r["event_id"]) for r in rows} == set(ids)
+
+
+async def test_appends_of_another_process_wake_the_relay_through_notify(database_url, relay_pool, nc, js_stream):
+    """The relay polls rarely here (once a minute): what it publishes at once, NOTIFY woke it for.
+    The appends come through a store of their own, as in another linkledger process."""
+    from events.relay import AppendNotifier
+    from events.store import PostgresEventStore
+
+    other_pool = await create_pool(database_url, max_size=4)
+    other_store = PostgresEventStore(other_pool)
+    notifier = AppendNotifier(other_pool)
+    other_store.add_append_listener(notifier.appended)
+    notifying = asyncio.create_task(notifier.run())
+    relay = Relay(relay_pool, lambda: _ready(nc), stream=js_stream, prefix=js_stream, poll_interval=60)
+    task = await _run(relay)
+    try:
+        for _ in range(200):
+            if relay.stats.active:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # its first read found nothing: it now waits for a wake-up
+        account = uuid.uuid4()
+        await other_store.append(f"account-{account}", [connecting(account)], 0)
+        assert await wait_for_count(nc, js_stream, 1, timeout=20) == 1
+    finally:
+        await _stop(task)
+        notifying.cancel()
+        await asyncio.gather(notifying, return_exceptions=True)
+        await other_pool.close()
