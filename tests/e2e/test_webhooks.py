@@ -239,7 +239,11 @@ async def test_lifecycle_webhooks_are_signed_filtered_once_per_transition_and_se
     blobs = [m.data + json.dumps(m.header).encode() for m in messages]
     blobs += [json.dumps(h).encode() + b + b"" for h, b in everything.requests + auth_only.requests]
     for blob in blobs:
-        assert not find_leaks(blob, world.canaries, extra=secrets), blob[:300]
+        assert not find_leaks(blob, world.canaries), blob[:300]
+        # The simulator's tokens are not canary-shaped (find_leaks' end-of-token needles would be
+        # a letter or two): search for them, and for their middle part, verbatim.
+        for token in secrets:
+            assert token.encode() not in blob and token[8:24].encode() not in blob, blob[:300]
     ciphertexts = [bytes(r["secret"]) for r in await world.pool.fetch("SELECT secret FROM events WHERE secret IS NOT NULL")]
     assert ciphertexts
     for blob in blobs:
