@@ -371,7 +371,6 @@ class PostgresEventStore:
             sql = self._creation_statements[kinds] = _creation_sql(kinds)
         try:
             rows = await self._pool.fetch(sql, *map(list, zip(*heads)), *map(list, zip(*events)), *companions)
-            self._appended()
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:
@@ -381,6 +380,8 @@ class PostgresEventStore:
             results = created[row["stream_id"]] or []
             results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))
             created[row["stream_id"]] = results
+        if rows:
+            self._appended()
         return created
 
     @staticmethod

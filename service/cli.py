@@ -458,9 +458,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Run only the relay (what `serve` runs beside the gateway), e.g. as its own deployment."""
+    from service.workers.relay import run_standalone_relay
+
+    settings = load_settings(require=("database_url", "nats_url"))
+    _setup_logging(settings.log_level)
+    asyncio.run(run_standalone_relay(settings, stream=args.stream, prefix=args.prefix, name=args.name))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from service.workers.relay import catalog_with_subjects
+
+    entries = catalog_with_subjects()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        for entry in entries:
+            print(f"{entry['type']} v{entry['schema_version']}  ({entry['family']})\n  subject:    {entry['subject']}\n"
+                  f"  cloudevent: {entry['cloudevents_type']}\n  {entry['description']}\n"
+                  f"  schema: {json.dumps(entry['schema'], sort_keys=True)}\n")
+    return 0
+
+
 BENCHMARKS = {"append": "append", "import": "bulk_import", "command": "command", "schedule": "schedule",
               "token-read": "token_read", "refresh": "refresh", "rebuild": "rebuild",
-              "projection-lag": "projection_lag"}
+              "projection-lag": "projection_lag", "relay": "relay"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -527,6 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("account", metavar="ACCOUNT", help="account id")
     replay.add_argument("--until", help="stop at this instant (ISO-8601)")
     replay.set_defaults(func=cmd_replay)
+
+    relay = sub.add_parser("relay", help="run only the relay that publishes the log to NATS JetStream")
+    relay.add_argument("--name", default="default", help="checkpoint name (one active relay per name)")
+    relay.add_argument("--stream", default=None, help="JetStream stream (default LINKLEDGER)")
+    relay.add_argument("--prefix", default=None, help="subject prefix (default linkledger)")
+    relay.set_defaults(func=cmd_relay)
+
+    events = sub.add_parser("events", help="the event catalog subscribers rely on")
+    events_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    cat = events_sub.add_parser("catalog", help="every event type with its JSON Schema, subject and CloudEvents type")
+    cat.add_argument("--json", action="store_true", help="one JSON document")
+    events.set_defaults(func=cmd_events)
 
     bench = sub.add_parser("bench", help="run a benchmark; the last line printed is one JSON object")
     bench.add_argument("name", choices=sorted(BENCHMARKS))

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     oauth_timeout_seconds: float = Field(10.0, gt=0, le=120, description="timeout of every call to a provider")
     clock_rate: float = Field(1.0, gt=0, le=10000, description="tests and benchmarks only: run time this many times as fast")
     clock_epoch: float | None = Field(None, description="tests and benchmarks only: Unix time at which the fast clock equals real time")
+    relay: bool = Field(True, description="run the relay that publishes the log to NATS JetStream in this process")
+    nats_stream: str = Field("LINKLEDGER", description="the JetStream stream events are published to")
+    nats_subject_prefix: str = Field("linkledger", description="first token of every subject published")
+    webhook_dispatcher: bool = Field(True, description="run the webhook dispatcher in this process")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

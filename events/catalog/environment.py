@@ -1,10 +1,11 @@
 """Environment events: stream `environment-<env>`."""
 
 from typing import ClassVar
+from uuid import UUID
 
 from pydantic import Field
 
-from events.catalog.base import Event, JsonObject
+from events.catalog.base import Event, Instant, JsonObject
 
 
 class EnvironmentEvent(Event):
@@ -20,3 +21,15 @@ class EnvironmentOverrideChanged(EnvironmentEvent):
     merge_patch: JsonObject
     resulting_hash: str  # hash of the environment override after the patch
     restored_version: int | None = Field(default=None, ge=0)  # set by a roll-back: the version restored
+
+
+class WebhookEndpointDisabled(EnvironmentEvent):
+    """A webhook endpoint kept failing for the whole retry period and was disabled."""
+
+    type: ClassVar[str] = "WebhookEndpointDisabled"
+
+    environment: str
+    endpoint_id: UUID
+    host: str  # the endpoint URL's host only: a URL may carry credentials in its path or query
+    reason: str
+    failing_since: Instant

@@ -17,10 +17,11 @@ from service.gateway import (
     routes_ledger,
     routes_meta,
     routes_overrides,
+    routes_webhooks,
 )
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, PROJECTION_RUNNERS, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, PROJECTION_RUNNERS, REFRESHER, RELAY, SETTINGS, UOW
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -79,6 +80,49 @@ async def _access_log(app: web.Application):
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _relay(app: web.Application):
+    """Publication to NATS JetStream: the relay (active in one process across replicas), woken by
+    this process's appends and, through NOTIFY, by other processes' appends."""
+    from service.workers.relay import AppendNotifier, make_relay, relay_pool
+
+    settings = app[SETTINGS]
+    store = app[UOW].store
+    relay, pool = None, None
+    if settings.relay:
+        pool = await relay_pool(settings)
+        relay = make_relay(settings, pool, app[NATS].wait_connected)
+    notifier = AppendNotifier(app[POOL], needless=lambda: relay is not None and relay.stats.active)
+    store.on_append(notifier.appended)
+    tasks = [asyncio.create_task(notifier.run())]
+    if relay is not None:
+        store.on_append(relay.wake)
+        app[METRICS].watch_relay(relay.stats)
+        app[RELAY] = relay
+        tasks.append(asyncio.create_task(relay.run()))
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if pool is not None:
+        await pool.close()
+
+
+async def _webhook_dispatcher(app: web.Application):
+    from service.workers.webhooks import WebhookDispatcher
+
+    settings = app[SETTINGS]
+    task = None
+    if settings.webhook_dispatcher:
+        dispatcher = WebhookDispatcher(app[POOL], load_keyring(settings), app[NATS].wait_connected,
+                                       stream=settings.nats_stream, prefix=settings.nats_subject_prefix,
+                                       store=app[UOW].store, clock=app[UOW].clock)
+        task = asyncio.create_task(dispatcher.run())
+    yield
+    if task:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -109,9 +153,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker,
-                            _projection_runners])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _relay, _webhook_dispatcher,
+                            _digest_worker, _projection_runners])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides, routes_audit,
-                   routes_ledger):
+                   routes_ledger, routes_webhooks):
         app.add_routes(module.routes)
     return app

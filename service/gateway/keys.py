@@ -3,6 +3,7 @@
 import asyncpg
 from aiohttp import web
 
+from events.relay import Relay
 from service.gateway.metrics import Metrics
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
@@ -18,3 +19,4 @@ METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)
 PROJECTION_RUNNERS = web.AppKey("projection_runners", dict)  # projection name -> ProjectionRunner
+RELAY = web.AppKey("relay", Relay)

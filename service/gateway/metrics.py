@@ -16,6 +16,12 @@ class Metrics:
         self.import_records = Counter("linkledger_import_records_total", "Imported records by outcome", ["outcome"],
                                       registry=self.registry)
 
+    def watch_relay(self, stats) -> None:
+        """Relay figures, read from its RelayStats at each scrape."""
+        from service.gateway.relay_metrics import RelayCollector
+
+        self.registry.register(RelayCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

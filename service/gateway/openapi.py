@@ -179,6 +179,50 @@ AUDIT_SCHEMAS = {
 }
 
 
+WEBHOOK_ID = _path("id", "webhook endpoint id (UUID)")
+WEBHOOK = {"type": "object", "description": "a webhook endpoint (its secret is shown only when created or rotated)",
+           "properties": {"id": {"type": "string", "format": "uuid"}, "environment": {"type": "string"},
+                          "url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}},
+                          "description": {"type": ["string", "null"]}, "enabled": {"type": "boolean"},
+                          "disabled_reason": {"type": ["string", "null"]}}}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    from service.gateway.routes_webhooks import EndpointBody, EndpointPatch, RotateBody
+
+    ref = {"$ref": "#/components/schemas/Webhook"}
+    admin, readers = ["admin"], ["admin", "operator"]
+    return {
+        "/v1/environments/{env}/webhooks": {
+            "post": _op("Register a webhook endpoint; the response carries its signing secret (whsec_...) once", admin,
+                        {"201": _json({"allOf": [ref, {"type": "object", "properties": {"secret": {"type": "string"}}}]}),
+                         **_problems(401, 403, 404, 422)}, params=[ENV], body=_body(EndpointBody), tag="webhooks"),
+            "get": _op("List the environment's webhook endpoints", readers,
+                       {"200": _json({"type": "object", "properties": {"data": {"type": "array", "items": ref}}}),
+                        **_problems(401, 403, 404)}, params=[ENV], tag="webhooks"),
+        },
+        "/v1/webhooks/{id}": {
+            "get": _op("A webhook endpoint", readers, {"200": _json(ref), **_problems(401, 403, 404)},
+                       params=[WEBHOOK_ID], tag="webhooks"),
+            "patch": _op("Change URL, event filter, description; enable or disable", admin,
+                         {"200": _json(ref), **_problems(401, 403, 404, 422)}, params=[WEBHOOK_ID],
+                         body=_body(EndpointPatch), tag="webhooks"),
+            "delete": _op("Delete a webhook endpoint (its pending deliveries are dropped)", admin,
+                          {"200": _json(ref), **_problems(401, 403, 404)}, params=[WEBHOOK_ID], tag="webhooks"),
+        },
+        "/v1/webhooks/{id}/secret:rotate": {"post": _op(
+            "New signing secret (shown once); the previous ones keep signing beside it for overlap_seconds", admin,
+            {"200": _json({"type": "object", "properties": {"secret": {"type": "string"},
+                                                             "previous_secrets_expire_at": {"type": "string"}}}),
+             **_problems(401, 403, 404, 422)}, params=[WEBHOOK_ID], body=_body(RotateBody), tag="webhooks")},
+        "/v1/webhooks/{id}/attempts": {"get": _op(
+            "Every delivery attempt to the endpoint, newest first", readers,
+            {"200": _json({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}}),
+             **_problems(400, 401, 403, 404)}, params=[WEBHOOK_ID, _query("limit", "1-500", {"type": "integer"})],
+            tag="webhooks")},
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     integration_schema = IntegrationBody.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = integration_schema.pop("$defs", {})
@@ -244,6 +288,7 @@ def build_openapi() -> dict[str, Any]:
             "A usable credential for the account, with its non-secret context; refreshed first when it "
             "expires within 30 s. 409 when the account needs re-authentication.", ["service", "admin"],
             {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410, 503)}, params=[ACCOUNT_ID])},
+        **_webhook_paths(),
     }
     for path, operations in (_override_paths() | _audit_paths()).items():
         paths.setdefault(path, {}).update(operations)
@@ -264,6 +309,7 @@ def build_openapi() -> dict[str, Any]:
                     "integration": {"type": "string"}, "tenant_id": {"type": "string"},
                     "external_ref": {"type": ["string", "null"]}, "status": {"type": "string"},
                     "fingerprints": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Webhook": WEBHOOK,
                 "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                     "detail": {"type": "string"}, "errors": {"type": "array", "items": {"type": "object", "properties": {

@@ -42,7 +42,8 @@ class Route:
     """What the contract (DESIGN.md "Gateway") says about one route.
 
     kind: "env" (the environment is in the path or a filter), "account" (an account id is in the
-    path), "ledger" (the whole log, any scope) or "open" (no key needed, e.g. /healthz)."""
+    path), "webhook" (a webhook endpoint id is in the path), "ledger" (the whole log, any scope) or
+    "open" (no key needed, e.g. /healthz)."""
 
     roles: frozenset
     kind: str
@@ -73,6 +74,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/environments/{env}/health"): Route(READERS, "env"),
     ("POST", "/v1/ledger/verify"): Route(frozenset({"admin", "auditor"}), "ledger"),
     ("GET", "/v1/ledger/digests"): Route(frozenset({"admin", "auditor"}), "ledger"),
+    ("POST", "/v1/environments/{env}/webhooks"): Route(frozenset({"admin"}), "env"),
+    ("GET", "/v1/environments/{env}/webhooks"): Route(WRITERS, "env"),
+    ("GET", "/v1/webhooks/{id}"): Route(WRITERS, "webhook"),
+    ("PATCH", "/v1/webhooks/{id}"): Route(frozenset({"admin"}), "webhook"),
+    ("DELETE", "/v1/webhooks/{id}"): Route(frozenset({"admin"}), "webhook"),
+    ("POST", "/v1/webhooks/{id}/secret:rotate"): Route(frozenset({"admin"}), "webhook"),
+    ("GET", "/v1/webhooks/{id}/attempts"): Route(WRITERS, "webhook"),
     ("GET", "/healthz"): Route(ALL, "open"),
     ("GET", "/readyz"): Route(ALL, "open"),
     ("GET", "/openapi.json"): Route(ALL, "open"),
@@ -143,6 +151,7 @@ class World:
     accounts: dict[str, str]  # environment -> the id of its account
     tenants: dict[str, str]  # environment -> that account's tenant id
     keys: dict[tuple[str, str], dict] = field(default_factory=dict)  # (role, key environments) -> headers
+    webhooks: dict[str, str] = field(default_factory=dict)  # environment -> the id of its webhook endpoint
 
     @property
     def client(self):
@@ -158,6 +167,15 @@ class World:
         response = await self.client.post(f"/v1/environments/{env}/accounts", json=_truto(tenant), headers=self.admin)
         assert response.status == 201, await response.text()
         return (await response.json())["account"]["id"]
+
+    async def create_webhook(self, env: str, tag: str) -> str:
+        response = await self.client.post(f"/v1/environments/{env}/webhooks", headers=self.admin,
+                                          json={"url": f"https://hooks.example.com/{tag}"})
+        assert response.status == 201, await response.text()
+        return (await response.json())["id"]
+
+    async def webhook_exists(self, webhook_id: str) -> bool:
+        return (await self.client.get(f"/v1/webhooks/{webhook_id}", headers=self.admin)).status == 200
 
     async def account(self, account_id: str) -> dict:
         response = await self.client.get(f"/v1/accounts/{account_id}", headers=self.admin)
@@ -182,6 +200,7 @@ async def _world(gateway) -> World:
     for env in ENVS:
         tenants[env] = f"{env}-customer-1"
         accounts[env] = await world.import_account(env, tenants[env])
+        world.webhooks[env] = await world.create_webhook(env, f"{env}-shared")
     return world
 
 
@@ -295,6 +314,42 @@ async def _digests(w: World, env: str, headers: dict, tag: str):
     return await w.client.get("/v1/ledger/digests", headers=headers)
 
 
+async def _create_webhook(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/environments/{env}/webhooks", json={"url": f"https://hooks.example.com/{tag}"},
+                               headers=headers)
+
+
+async def _list_webhooks(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/environments/{env}/webhooks", headers=headers)
+
+
+async def _webhook_detail(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/webhooks/{w.webhooks[env]}", headers=headers)
+
+
+async def _patch_webhook(w: World, env: str, headers: dict, tag: str):
+    return await w.client.patch(f"/v1/webhooks/{w.webhooks[env]}", json={"description": f"by {tag}"}, headers=headers)
+
+
+async def _delete_webhook(w: World, env: str, headers: dict, tag: str, *, fresh: bool = False):
+    webhook_id = await w.create_webhook(env, f"del-{tag}") if fresh else w.webhooks[env]
+    return await w.client.delete(f"/v1/webhooks/{webhook_id}", headers=headers)
+
+
+async def _rotate_webhook(w: World, env: str, headers: dict, tag: str):
+    return await w.client.post(f"/v1/webhooks/{w.webhooks[env]}/secret:rotate", json={"overlap_seconds": 60},
+                               headers=headers)
+
+
+async def _webhook_attempts(w: World, env: str, headers: dict, tag: str):
+    return await w.client.get(f"/v1/webhooks/{w.webhooks[env]}/attempts", headers=headers)
+
+
+def _refusable_delete(method: str, path: str):
+    """DELETE routes aim at a fresh target when the delete should succeed (see _delete)."""
+    return {"/v1/accounts/{id}": _delete, "/v1/webhooks/{id}": _delete_webhook}.get(path) if method == "DELETE" else None
+
+
 def _open(path: str) -> Send:
     async def send(w: World, env: str, headers: dict, tag: str):
         return await w.client.get(path, headers=headers)
@@ -325,6 +380,13 @@ SENDERS: dict[tuple[str, str], Send] = {
     ("GET", "/v1/environments/{env}/health"): _health,
     ("POST", "/v1/ledger/verify"): _verify,
     ("GET", "/v1/ledger/digests"): _digests,
+    ("POST", "/v1/environments/{env}/webhooks"): _create_webhook,
+    ("GET", "/v1/environments/{env}/webhooks"): _list_webhooks,
+    ("GET", "/v1/webhooks/{id}"): _webhook_detail,
+    ("PATCH", "/v1/webhooks/{id}"): _patch_webhook,
+    ("DELETE", "/v1/webhooks/{id}"): _delete_webhook,
+    ("POST", "/v1/webhooks/{id}/secret:rotate"): _rotate_webhook,
+    ("GET", "/v1/webhooks/{id}/attempts"): _webhook_attempts,
     **{("GET", path): _open(path) for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")},
 }
 
@@ -412,8 +474,9 @@ async def test_every_route_x_role_x_key_scope(gateway):
                     expected = _expected(route, role, scope)
                     tag = f"{role}-{scope.replace('*', 'all')}"
                     headers = await w.headers(role, scope, target)
-                    if method == "DELETE":
-                        response = await _delete(w, target, headers, f"{target}-{tag}", fresh=expected == 2)
+                    if _refusable_delete(method, path):
+                        response = await _refusable_delete(method, path)(w, target, headers, f"{target}-{tag}",
+                                                                          fresh=expected == 2)
                     else:
                         response = await send(w, target, headers, tag)
                     body = await response.read()
@@ -426,12 +489,12 @@ async def test_every_route_x_role_x_key_scope(gateway):
                     if expected != 2:
                         if response.content_type != PROBLEM_JSON:
                             failures.append(f"{label}: {response.content_type}, not problem+json")
-                        if expected == 404 and route.kind == "account":
+                        if expected == 404 and route.kind in ("account", "webhook"):
                             # Nothing about the hidden account: not its tenant, integration or status.
                             for leak in (w.tenants[target], INTEGRATION, "instance_url", "fingerprint"):
                                 if leak.encode() in body:
                                     failures.append(f"{label}: the 404 shows {leak!r}")
-                    elif method == "PATCH":
+                    elif (method, path) == ("PATCH", "/v1/accounts/{id}"):
                         allowed_patches[target].add(tag)
                     elif path.endswith("/accounts") and method == "POST":
                         allowed_imports[target].add(f"mx-one-{tag}")
@@ -450,6 +513,7 @@ async def test_every_route_x_role_x_key_scope(gateway):
         made = {t for t in await w.tenants_of(env) if t.startswith("mx-one-") or t.startswith("mx-bulk-")}
         assert made == allowed_imports[env], (env, sorted(made ^ allowed_imports[env]))
         assert (await w.account(w.accounts[env]))["status"] != "deleted"
+        assert await w.webhook_exists(w.webhooks[env])
     # Only allowed PATCHes changed an account's context (each one tags it with its sender).
     conn = await asyncpg.connect(gateway.database_url)
     try:
@@ -531,8 +595,8 @@ async def test_no_key_a_malformed_key_or_a_revoked_key_is_401_with_www_authentic
     for (method, path), route in sorted(ROUTES.items()):
         send = SENDERS[(method, path)]
         for name, headers in bad_headers.items():
-            response = await (send(w, "prod", headers, "unauth") if method != "DELETE"
-                              else _delete(w, "prod", headers, "unauth"))
+            delete = _refusable_delete(method, path)
+            response = await (delete(w, "prod", headers, "unauth") if delete else send(w, "prod", headers, "unauth"))
             checked += 1
             if route.kind == "open":
                 if not 200 <= response.status < 300:
@@ -544,7 +608,7 @@ async def test_no_key_a_malformed_key_or_a_revoked_key_is_401_with_www_authentic
             elif response.content_type != PROBLEM_JSON:
                 failures.append(f"{method} {path} {name}: {response.content_type}")
         # 401 comes before 404: an unauthenticated caller learns nothing about ids either.
-        if route.kind == "account":
+        if route.kind in ("account", "webhook"):
             url = path.replace("{id}", str(uuid.uuid4())).replace("{model}/{resource}/{method}", "crm/contacts/list")
             response = await w.client.request(method, url)
             if response.status != 401:
@@ -552,6 +616,7 @@ async def test_no_key_a_malformed_key_or_a_revoked_key_is_401_with_www_authentic
     assert not failures, "\n".join(failures)
     assert checked == len(ROUTES) * len(bad_headers)
     assert (await w.account(w.accounts["prod"]))["status"] != "deleted"
+    assert await w.webhook_exists(w.webhooks["prod"])
     assert not {t for t in await w.tenants_of("prod") if "unauth" in t}
 
 
@@ -655,7 +720,8 @@ async def test_head_requests_are_guarded_like_their_gets(gateway):
     for (method, path), route in sorted(ROUTES.items()):
         if method != "GET" or route.kind == "open":
             continue
-        url = path.replace("{env}", "prod").replace("{id}", w.accounts["prod"]).replace(
+        url = path.replace("{env}", "prod").replace(
+            "{id}", w.webhooks["prod"] if route.kind == "webhook" else w.accounts["prod"]).replace(
             "{model}/{resource}/{method}", "crm/contacts/list")
         if path == "/v1/audit":
             url += "?environment=prod"  # unfiltered, a scoped key sees its own environments' trail

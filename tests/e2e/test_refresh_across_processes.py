@@ -66,7 +66,9 @@ async def test_100_reads_over_3_serve_processes_refresh_once(gateway, database_u
             env = {**os.environ, "LINKLEDGER_DATABASE_URL": database_url, "LINKLEDGER_NATS_URL": servers.nats_url,
                    "LINKLEDGER_KEYRING": settings.keyring, "LINKLEDGER_AUDIT_KEY": settings.audit_key,
                    "LINKLEDGER_HTTP_PORT": str(port), "LINKLEDGER_REFRESH_WORKER": "false",
-                   "LINKLEDGER_POOL_SIZE": "8", "LINKLEDGER_LOG_LEVEL": "WARNING"}
+                   "LINKLEDGER_POOL_SIZE": "8", "LINKLEDGER_LOG_LEVEL": "WARNING",
+                   # the shared test NATS server holds no LINKLEDGER stream of this test's database
+                   "LINKLEDGER_RELAY": "false", "LINKLEDGER_WEBHOOK_DISPATCHER": "false"}
             processes.append(await asyncio.create_subprocess_exec(
                 str(LINKLEDGER), "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE))
             urls.append(f"http://127.0.0.1:{port}")

@@ -28,7 +28,7 @@ from events.catalog.account import (
     ValidationFailed,
 )
 from events.catalog.base import CatalogError, Event, catalog, decode, encode, register_upcaster, schemas
-from events.catalog.environment import EnvironmentOverrideChanged
+from events.catalog.environment import EnvironmentOverrideChanged, WebhookEndpointDisabled
 from events.catalog.integration import IntegrationConfigured, IntegrationFlagged, OAuthClientConfigured
 
 UTC = timezone.utc
@@ -43,7 +43,7 @@ EXPECTED_TYPES = {
         "AccountOverrideChanged", "AccountContextChanged", "CredentialsAccessed", "TokensExported", "AccountDeleted", "KeyShredded",
     },
     "integration": {"IntegrationConfigured", "OAuthClientConfigured", "IntegrationFlagged"},
-    "environment": {"EnvironmentOverrideChanged"},
+    "environment": {"EnvironmentOverrideChanged", "WebhookEndpointDisabled"},
 }
 
 # One realistic instance of every event type; a new type without an example fails a test below.
@@ -61,6 +61,10 @@ EXAMPLES: list[Event] = [
     IntegrationFlagged(environment="prod", integration="salesforce", reason="invalid_client", detail="client identifier invalid"),
     EnvironmentOverrideChanged(
         environment="prod", merge_patch={"unified_model_override": {"crm": {"contacts": None}}}, resulting_hash="sha256:ab12"
+    ),
+    WebhookEndpointDisabled(
+        environment="prod", endpoint_id=uuid.UUID("0b5f2f7e-8e5c-5a44-9d0e-2f1b8c3a9d12"), host="hooks.example.com",
+        reason="failing for 24 hours", failing_since=AT,
     ),
     AccountConnecting(
         at=AT, account_id=uuid.UUID("0b5f2f7e-8e5c-5a44-9d0e-2f1b8c3a9d11"), environment="prod", integration="salesforce",
