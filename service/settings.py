@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     clock_rate: float = Field(1.0, gt=0, le=10000, description="tests and benchmarks only: run time this many times as fast")
     clock_epoch: float | None = Field(None, description="tests and benchmarks only: Unix time at which the fast clock equals real time")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
+    preview_concurrency: int = Field(2, ge=1, le=64, description="mapping previews evaluated at once (each in a child process)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("database_url")

@@ -12,7 +12,8 @@ from service.clock import clock_from_settings
 from service.gateway import routes_accounts, routes_health, routes_integrations, routes_meta, routes_overrides
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, REFRESHER, SETTINGS, UOW
+from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, PREVIEWS, REFRESHER, SETTINGS, UOW
+from service.handlers.previews import PreviewRunner
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -70,6 +71,14 @@ async def _access_log(app: web.Application):
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _previews(app: web.Application):
+    runner = PreviewRunner(app[SETTINGS].preview_concurrency)
+    await runner.start()
+    app[PREVIEWS] = runner
+    yield
+    runner.close()
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -91,7 +100,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _digest_worker])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _previews,
+                            _digest_worker])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides):
         app.add_routes(module.routes)
     return app

@@ -4,6 +4,7 @@ import asyncpg
 from aiohttp import web
 
 from service.gateway.metrics import Metrics
+from service.handlers.previews import PreviewRunner
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
 from service.workers.access_log import AccessRecorder
@@ -17,3 +18,4 @@ UOW = web.AppKey("uow", UnitOfWork)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)
+PREVIEWS = web.AppKey("previews", PreviewRunner)
