@@ -47,6 +47,11 @@ class _ChildEvaluation:
         """Blocking: start the child, wait for its answer within the wall budget, reap it."""
         try:
             self._process.start()
+        except OSError:  # no process to be had right now (fork limits): as busy, not as a database error
+            self._sender.close()
+            self._receiver.close()
+            raise PreviewsBusy() from None
+        try:
             self._sender.close()  # the child holds the write end now: EOF once it is gone
             if not self._receiver.poll(WALL_TIMEOUT_SECONDS):
                 return _failed("D1012", "evaluation took too long")
