@@ -86,7 +86,9 @@ class PreviewRunner:
 
     def __init__(self, concurrency: int):
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([preview_child.__name__])
+        # "__main__" too: the fork server imports the parent's main script (linkledger, pytest)
+        # once, rather than each child running it again before it may evaluate.
+        self._context.set_forkserver_preload(["__main__", preview_child.__name__])
         self._slots = asyncio.Semaphore(concurrency)
         # Threads only wait on pipes (the GIL is free meanwhile): one per running preview.
         self._waiters = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mapping-preview")
