@@ -39,6 +39,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def compose_patches(document: Any, patch: Any) -> Any:
+    """An override level's document after a change: `patch` composed on, its nulls kept (each
+    deletes that field of the levels below when the configuration is merged)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(document) if isinstance(document, dict) else {}
+    for key, value in patch.items():
+        result[key] = compose_patches(result.get(key), value) if isinstance(value, dict) else value
+    return result
+
+
 def evolve(state: Payload, type_: str, data: Payload) -> Payload:
     """The state after one stored account event (a new dict; `state` is not changed)."""
     return evolve_in_place(dict(state), type_, data)
@@ -80,8 +91,9 @@ def evolve_in_place(state: Payload, type_: str, data: Payload) -> Payload:
         state.update(status="active", status_reason=None, needs_reauth_since=None,
                      reactivation_count=state["reactivation_count"] + 1)
     elif type_ == "AccountOverrideChanged":
-        state.update(override=merge_patch(state["override"], data["merge_patch"]), override_hash=data["resulting_hash"],
-                     override_version=state["version"])
+        restored = data.get("document")  # a roll-back replaces the whole document
+        state.update(override=restored if restored is not None else compose_patches(state["override"], data["merge_patch"]),
+                     override_hash=data["resulting_hash"], override_version=state["version"])
     elif type_ == "AccountContextChanged":
         state["context"] = merge_patch(state["context"], data["merge_patch"])
     elif type_ == "AccountDeleted":

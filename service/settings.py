@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     nats_subject_prefix: str = Field("linkledger", description="first token of every subject published")
     webhook_dispatcher: bool = Field(True, description="run the webhook dispatcher in this process")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
+    preview_concurrency: int = Field(2, ge=1, le=64, description="mapping previews evaluated at once (each in a child process)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("database_url")

@@ -108,7 +108,8 @@ class AccountReactivated(AccountEvent):
 
 
 class AccountOverrideChanged(AccountEvent):
-    """The account-level override changed by a JSON Merge Patch (RFC 7396)."""
+    """The account-level override changed by a JSON Merge Patch (RFC 7396), composed onto the
+    override keeping its nulls; a roll-back gives the whole restored override as `document`."""
 
     type: ClassVar[str] = "AccountOverrideChanged"
 
@@ -116,6 +117,7 @@ class AccountOverrideChanged(AccountEvent):
     merge_patch: JsonObject
     resulting_hash: str
     restored_version: int | None = Field(default=None, ge=0)  # set by a roll-back: the version restored
+    document: JsonObject | None = None  # set by a roll-back: the override restored, replacing the last
 
 
 class AccountContextChanged(AccountEvent):

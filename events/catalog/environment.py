@@ -13,7 +13,8 @@ class EnvironmentEvent(Event):
 
 
 class EnvironmentOverrideChanged(EnvironmentEvent):
-    """The environment-level override changed by a JSON Merge Patch (RFC 7396)."""
+    """The environment-level override changed by a JSON Merge Patch (RFC 7396), composed onto the
+    override keeping its nulls; a roll-back gives the whole restored override as `document`."""
 
     type: ClassVar[str] = "EnvironmentOverrideChanged"
 
@@ -21,6 +22,7 @@ class EnvironmentOverrideChanged(EnvironmentEvent):
     merge_patch: JsonObject
     resulting_hash: str  # hash of the environment override after the patch
     restored_version: int | None = Field(default=None, ge=0)  # set by a roll-back: the version restored
+    document: JsonObject | None = None  # set by a roll-back: the override restored, replacing the last
 
 
 class WebhookEndpointDisabled(EnvironmentEvent):

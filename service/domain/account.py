@@ -68,15 +68,12 @@ from service.domain.errors import (
 )
 from service.domain.identity import account_id_for
 from service.domain.integration import IntegrationState
-from service.domain.overrides import merge_patch
+from service.domain.overrides import compose_patches, merge_patch, overridden
+from service.domain.secret_names import names_a_secret
 
 Status = Literal["connecting", "active", "post_install_error", "validation_error", "needs_reauth", "deleted"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
-# Context keys that name a secret: such values belong in the credentials, never in clear context.
-SECRET_CONTEXT_KEYS = frozenset(
-    {"access_token", "refresh_token", "id_token", "client_secret", "password", "api_key", "apikey", "token_secret", "secret"}
-)
 _FINGERPRINT = re.compile(r"^fp_[A-Za-z0-9_-]{8,128}$")
 _SECRET_FIELDS = ("access_token", "refresh_token", "api_key", "password")
 
@@ -181,19 +178,21 @@ def decide(
 
 
 def change_override(
-    state: AccountState, merge_patch: dict[str, Any], resulting_hash: str, now: datetime, *, restored_version: int | None = None
+    state: AccountState, merge_patch: dict[str, Any], resulting_hash: str, now: datetime, *,
+    restored_version: int | None = None, document: dict[str, Any] | None = None,
 ) -> list[Event]:
-    """Record an account-level override change (validated by the caller); [] if the result is unchanged."""
-    _require_live(state)
-    if resulting_hash == state.override_hash:
+    """Record an account-level override change (validated by the caller): `merge_patch` composed
+    onto the override, or for a roll-back the whole `document`; [] if the result is unchanged."""
+    require_live(state)
+    if (document if document is not None else compose_patches(state.override, merge_patch)) == state.override:
         return []
     return [AccountOverrideChanged(at=_utc(now), merge_patch=merge_patch, resulting_hash=resulting_hash,
-                                   restored_version=restored_version)]
+                                   restored_version=restored_version, document=document)]
 
 
 def change_context(state: AccountState, patch: dict[str, Any], resulting_hash: str, now: datetime) -> list[Event]:
     """Record a change of the non-secret context; [] if the result is unchanged. Secrets are refused."""
-    _require_live(state)
+    require_live(state)
     context = merge_patch(state.context, patch)
     _check_context(context)
     if context == state.context:
@@ -201,7 +200,8 @@ def change_context(state: AccountState, patch: dict[str, Any], resulting_hash: s
     return [AccountContextChanged(at=_utc(now), merge_patch=patch, resulting_hash=resulting_hash)]
 
 
-def _require_live(state: AccountState) -> None:
+def require_live(state: AccountState) -> None:
+    """UnknownAccount for an account that does not exist, AccountIsDeleted for a deleted one."""
     if state.status is None:
         raise UnknownAccount(f"account {state.account_id} does not exist", field="account_id")
     if state.status == "deleted":
@@ -396,7 +396,7 @@ def _find_secrets(value: Any, path: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}"
-            if key.lower() in SECRET_CONTEXT_KEYS and item not in (None, ""):
+            if names_a_secret(key) and item not in (None, ""):
                 raise InvalidContext("secret values belong in the credentials, not in the context", field=here)
             _find_secrets(item, here)
     elif isinstance(value, list):
@@ -496,7 +496,7 @@ def evolve(state: AccountState, event: Event) -> AccountState:
             "reactivation_count": state.reactivation_count + 1,
         }
     elif isinstance(event, AccountOverrideChanged):
-        update |= {"override": merge_patch(state.override, event.merge_patch), "override_hash": event.resulting_hash,
+        update |= {"override": overridden(state.override, event), "override_hash": event.resulting_hash,
                    "override_version": state.version + 1}
     elif isinstance(event, AccountContextChanged):
         update |= {"context": merge_patch(state.context, event.merge_patch)}

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 from events.catalog.base import Event
 from events.catalog.environment import EnvironmentOverrideChanged
-from service.domain.overrides import merge_patch
+from service.domain.overrides import compose_patches, overridden
 
 
 class EnvironmentState(BaseModel):
@@ -26,13 +26,15 @@ class EnvironmentState(BaseModel):
 
 
 def change_override(
-    state: EnvironmentState, patch: dict[str, Any], resulting_hash: str, now: datetime, *, restored_version: int | None = None
+    state: EnvironmentState, patch: dict[str, Any], resulting_hash: str, now: datetime, *,
+    restored_version: int | None = None, document: dict[str, Any] | None = None,
 ) -> list[Event]:
-    """Record an environment override change (validated by the caller); [] if the result is unchanged."""
-    if merge_patch(state.override, patch) == state.override:
+    """Record an environment override change (validated by the caller): `patch` composed onto the
+    override, or for a roll-back the whole `document`; [] if the result is unchanged."""
+    if (document if document is not None else compose_patches(state.override, patch)) == state.override:
         return []
     return [EnvironmentOverrideChanged(environment=state.environment, merge_patch=patch, resulting_hash=resulting_hash,
-                                       restored_version=restored_version)]
+                                       restored_version=restored_version, document=document)]
 
 
 def evolve(state: EnvironmentState, event: Event) -> EnvironmentState:
@@ -40,6 +42,6 @@ def evolve(state: EnvironmentState, event: Event) -> EnvironmentState:
         raise ValueError(f"{event.type} is not an event of environment {state.environment}")
     return state.model_copy(update={
         "version": state.version + 1,
-        "override": merge_patch(state.override, event.merge_patch),
+        "override": overridden(state.override, event),
         "override_hash": event.resulting_hash,
     })

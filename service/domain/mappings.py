@@ -1,5 +1,8 @@
-"""JSONata mappings: compile (cached by text), validate every `*_mapping` string of a document,
-and evaluate one against a sample within a time and depth budget.
+"""JSONata mappings: compile (cached by text, failures too), validate every `*_mapping` string of
+a document, and evaluate one against a sample within a time and depth budget.
+
+A compiled expression keeps the input and bindings of the evaluation running on it: the cached
+ones are for validation only, and each evaluation gets its own (`fresh_expression`).
 
 Evaluation input: an object with `response`, `query`, `body`, `context` and `step` (the results
 of `before` steps by name). The same values are bound as variables too ($response, $step, ...).
@@ -22,7 +25,8 @@ MAPPING_SUFFIX = "_mapping"
 CACHE_SIZE = 1024
 TIMEOUT_MS = 1000
 MAX_DEPTH = 300
-MAX_EXPRESSION_LENGTH = 64 * 1024
+# Parsing is recursive and slow on deep input ("1+1+..." of 8 KiB takes ~0.4 s); longer is refused.
+MAX_EXPRESSION_LENGTH = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,21 +57,22 @@ class InvalidMapping(DomainError):
 
 
 class _LruCache:
-    """Compiled expressions by text: compiling costs far more than evaluating."""
+    """Compile outcomes by text (the compiled expression, or the problem with a bad one): compiling
+    costs far more than looking up, and a refused expression sent again is refused at once."""
 
     def __init__(self, size: int):
         self._size = size
-        self._items: OrderedDict[str, Jsonata] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> Jsonata | None:
+    def get(self, text: str) -> Any:
         with self._lock:
             found = self._items.get(text)
             if found is not None:
                 self._items.move_to_end(text)
             return found
 
-    def put(self, text: str, compiled: Jsonata) -> None:
+    def put(self, text: str, compiled: Any) -> None:
         with self._lock:
             self._items[text] = compiled
             self._items.move_to_end(text)
@@ -93,21 +98,35 @@ def _problem(path: str, error: Exception) -> MappingProblem:
     return MappingProblem(path, f"{type(error).__name__}: {error}")
 
 
-def compile_expression(text: str, path: str = "expression") -> Jsonata:
-    """The compiled expression (from the cache when seen before); InvalidMapping if it does not parse."""
-    found = compiled_cache.get(text)
-    if found is not None:
-        return found
+def _parse(text: str, path: str) -> Jsonata | MappingProblem:
     if len(text) > MAX_EXPRESSION_LENGTH:
-        raise InvalidMapping([MappingProblem(path, f"longer than {MAX_EXPRESSION_LENGTH} characters")])
+        return MappingProblem(path, f"longer than {MAX_EXPRESSION_LENGTH} characters: "
+                                    f"an expression may be at most {MAX_EXPRESSION_LENGTH // 1024} KiB")
     try:
         compiled = Jsonata(text)
     except Exception as error:  # the parser raises JException, and on odd input other errors
-        raise InvalidMapping([_problem(path, error)]) from None
+        return _problem(path, error)
     errors = compiled.get_errors()
-    if errors:
-        raise InvalidMapping([_problem(path, errors[0])])
-    compiled_cache.put(text, compiled)
+    return _problem(path, errors[0]) if errors else compiled
+
+
+def compile_expression(text: str, path: str = "expression") -> Jsonata:
+    """The compiled expression (from the cache when seen before); InvalidMapping if it does not
+    parse. For validating: never evaluate the returned object while another evaluation may use it."""
+    found = compiled_cache.get(text)
+    if found is None:
+        found = _parse(text, path)
+        compiled_cache.put(text, found)
+    if isinstance(found, MappingProblem):
+        raise InvalidMapping([MappingProblem(path, found.message, found.code, found.position)])
+    return found
+
+
+def fresh_expression(text: str) -> Jsonata:
+    """The expression compiled for one evaluation alone; InvalidMapping if it does not parse."""
+    compiled = _parse(text, "expression")
+    if isinstance(compiled, MappingProblem):
+        raise InvalidMapping([compiled])
     return compiled
 
 
@@ -176,7 +195,8 @@ def evaluate(
     compiled: Jsonata, bindings: dict[str, Any], *, timeout_ms: int = TIMEOUT_MS, max_depth: int = MAX_DEPTH
 ) -> Any:
     """Evaluate against the input object `bindings` (response, query, body, context, step).
-    Raises JException (D1012 past the time budget, D1011 past the depth budget) or ValueError."""
+    Raises JException (D1012 past the time budget, D1011 past the depth budget) or, on odd input,
+    whatever the library raises. `compiled` must not be in use by another evaluation."""
     steps = bindings.get("step")
     document = dict(bindings)
     if steps is not None:

@@ -21,7 +21,19 @@ from service.gateway import (
 )
 from service.gateway.auth import auth_middleware
 from service.gateway.errors import problem_middleware
-from service.gateway.keys import ACCESS_RECORDER, METRICS, NATS, POOL, PROJECTION_RUNNERS, REFRESHER, RELAY, SETTINGS, UOW
+from service.gateway.keys import (
+    ACCESS_RECORDER,
+    METRICS,
+    NATS,
+    POOL,
+    PREVIEWS,
+    PROJECTION_RUNNERS,
+    REFRESHER,
+    RELAY,
+    SETTINGS,
+    UOW,
+)
+from service.handlers.previews import PreviewRunner
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
@@ -123,6 +135,14 @@ async def _webhook_dispatcher(app: web.Application):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _previews(app: web.Application):
+    runner = PreviewRunner(app[SETTINGS].preview_concurrency)
+    await runner.start()
+    app[PREVIEWS] = runner
+    yield
+    runner.close()
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -153,8 +173,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _relay, _webhook_dispatcher,
-                            _digest_worker, _projection_runners])
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _previews, _relay,
+                            _webhook_dispatcher, _digest_worker, _projection_runners])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides, routes_audit,
                    routes_ledger, routes_webhooks):
         app.add_routes(module.routes)

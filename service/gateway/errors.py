@@ -13,6 +13,7 @@ from service.domain.mappings import InvalidMapping
 from service.gateway.requests import InvalidRequest
 from service.handlers.accounts import AccountNotFound
 from service.handlers.import_profiles import RecordError
+from service.handlers.previews import PreviewsBusy
 from service.handlers.tokens import NotRefreshable, RefreshInProgress
 from service.oauth.errors import OAuthError
 
@@ -59,6 +60,11 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         response = problem(503, "Service Unavailable", f"the provider did not answer usefully: {exc.failure_class}",
                            type_="provider-unavailable", http_status=exc.http_status)
         response.headers["Retry-After"] = str(int(exc.retry_after or 5))
+        return response
+    except PreviewsBusy:
+        response = problem(503, "Service Unavailable", "as many mapping previews as allowed are running; retry shortly",
+                           type_="previews-busy")
+        response.headers["Retry-After"] = "1"
         return response
     except RefreshInProgress:
         response = problem(503, "Service Unavailable", "the token is being refreshed; retry shortly", type_="refreshing")

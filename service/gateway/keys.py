@@ -5,6 +5,7 @@ from aiohttp import web
 
 from events.relay import Relay
 from service.gateway.metrics import Metrics
+from service.handlers.previews import PreviewRunner
 from service.handlers.tokens import Refresher
 from service.handlers.uow import UnitOfWork
 from service.workers.access_log import AccessRecorder
@@ -20,3 +21,4 @@ REFRESHER = web.AppKey("refresher", Refresher)
 ACCESS_RECORDER = web.AppKey("access_recorder", AccessRecorder)
 PROJECTION_RUNNERS = web.AppKey("projection_runners", dict)  # projection name -> ProjectionRunner
 RELAY = web.AppKey("relay", Relay)
+PREVIEWS = web.AppKey("previews", PreviewRunner)

@@ -10,13 +10,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.canonical import canonical_json
-from service.domain.account import AccountState
+from service.domain.account import AccountState, require_live
 from service.domain.commands import NAME_PATTERN
 from service.domain.errors import InvalidConfiguration
 from service.domain.identity import account_stream, environment_stream
 from service.domain.mappings import InvalidMapping, MappingProblem
 from service.gateway.auth import api_key, ensure_environment, requires
-from service.gateway.keys import UOW
+from service.gateway.keys import PREVIEWS, UOW
 from service.gateway.requests import InvalidRequest, parse_json
 from service.gateway.views import account_view
 from service.handlers.accounts import AccountNotFound, load_existing_account
@@ -30,7 +30,6 @@ from service.handlers.overrides import (
     roll_back_account,
     roll_back_environment,
 )
-from service.handlers.previews import preview
 
 routes = web.RouteTableDef()
 READERS = ("admin", "operator", "auditor")
@@ -104,6 +103,13 @@ async def _scoped_account(request: web.Request, account_id: uuid.UUID) -> Accoun
     return state
 
 
+async def _live_account(request: web.Request, account_id: uuid.UUID) -> AccountState:
+    """The account, as _scoped_account, and not deleted (409 otherwise, as commands answer)."""
+    state = await _scoped_account(request, account_id)
+    require_live(state)
+    return state
+
+
 def _patch_of(body: BaseModel) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude_unset=True)
 
@@ -139,7 +145,7 @@ async def roll_back_environment_override(request: web.Request) -> web.Response:
 @routes.patch("/v1/accounts/{id}")
 @requires(*WRITERS)
 async def patch_account(request: web.Request) -> web.Response:
-    state = await _scoped_account(request, _account_id(request))
+    state = await _live_account(request, _account_id(request))
     patch = _patch_of(await parse_json(request, AccountPatchBody))
     context_patch = patch.pop("context", None)
     uow = request.app[UOW].acting_as(api_key(request).actor)
@@ -159,7 +165,7 @@ async def account_override_history(request: web.Request) -> web.Response:
 @routes.post("/v1/accounts/{id}/overrides:rollback")
 @requires(*WRITERS)
 async def roll_back_account_override(request: web.Request) -> web.Response:
-    state = await _scoped_account(request, _account_id(request))
+    state = await _live_account(request, _account_id(request))
     body = await parse_json(request, RollbackBody)
     uow = request.app[UOW].acting_as(api_key(request).actor)
     state, changed = await roll_back_account(uow, state.account_id, body.version)
@@ -180,13 +186,13 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 @routes.get("/v1/accounts/{id}/effective-config/{model}/{resource}/{method}")
 @requires(*READERS)
 async def get_effective_config(request: web.Request) -> web.Response:
-    state = await _scoped_account(request, _account_id(request))
+    state = await _live_account(request, _account_id(request))
     info = request.match_info
     found = await effective_config(request.app[UOW], state, info["model"], info["resource"], info["method"])
     body = {
         "account_id": str(state.account_id), "environment": state.environment, "integration": state.integration,
         "model": info["model"], "resource": info["resource"], "method": info["method"],
-        "config": found.config, "provenance": found.provenance,
+        "config": found.config, "provenance": found.provenance, "removed": found.removed,
         "integration_settings": found.integration_settings,
         "integration_settings_provenance": found.integration_settings_provenance,
         "versions": found.versions, "hashes": found.hashes,
@@ -202,7 +208,7 @@ async def get_effective_config(request: web.Request) -> web.Response:
 @requires(*WRITERS)
 async def preview_mapping(request: web.Request) -> web.Response:
     body = await parse_json(request, PreviewBody)
-    account = await _scoped_account(request, body.account_id) if body.account_id else None
+    account = await _live_account(request, body.account_id) if body.account_id else None
     source: dict[str, Any] = {}
     if body.expression is not None:
         expression = body.expression
@@ -224,7 +230,7 @@ async def preview_mapping(request: web.Request) -> web.Response:
     }
     bindings[sample_as] = body.sample
     try:
-        outcome = await preview(expression, bindings)
+        outcome = await request.app[PREVIEWS].preview(expression, bindings)
     except InvalidMapping as invalid:
         if body.expression is None:
             raise

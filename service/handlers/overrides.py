@@ -18,18 +18,21 @@ from events.errors import InvalidEventError
 from events.store import PostgresEventStore
 from service.domain import account as account_domain
 from service.domain import environment as environment_domain
-from service.domain.account import SECRET_CONTEXT_KEYS, AccountState
+from service.domain.account import AccountState
 from service.domain.environment import EnvironmentState
 from service.domain.errors import DomainError, InvalidConfiguration
 from service.domain.identity import account_stream, environment_stream
 from service.domain.mappings import validate_mappings
 from service.domain.overrides import (
+    compose_patches,
     diff_patch,
     document_hash,
     effective_integration_settings,
     effective_method_config,
     merge_patch,
+    removed_method_fields,
 )
+from service.domain.secret_names import names_a_secret
 from service.handlers.accounts import AccountNotFound, load_existing_account
 from service.handlers.commit import decide_and_append
 from service.handlers.repositories import load_integration
@@ -63,7 +66,7 @@ def _refuse_secrets(value: Any, path: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}" if path else key
-            if key.lower() in SECRET_CONTEXT_KEYS and item not in (None, ""):
+            if names_a_secret(key) and item not in (None, ""):
                 raise InvalidConfiguration("secret values belong in the credentials, not in an override", field=here)
             _refuse_secrets(item, here)
     elif isinstance(value, list):
@@ -94,12 +97,13 @@ async def change_environment_override(
         check_patch(patch)
 
     def decide(state: EnvironmentState, now: datetime):
-        # A roll-back's patch is computed against the state being decided on, so a change that
-        # lands meanwhile is undone too: the result is exactly the version restored.
-        change = patch if target is None else diff_patch(state.override, target)
-        result = merge_patch(state.override, change)
-        return environment_domain.change_override(state, change, document_hash(result), now,
-                                                  restored_version=restored_version)
+        # A roll-back replaces the document decided on, so a change that lands meanwhile is undone
+        # too: the result is exactly the version restored. Its patch only describes the change.
+        if target is None:
+            return environment_domain.change_override(state, patch, document_hash(compose_patches(state.override, patch)),
+                                                      now)
+        return environment_domain.change_override(state, diff_patch(state.override, target), document_hash(target), now,
+                                                  restored_version=restored_version, document=target)
 
     state, events = await decide_and_append(
         uow, environment_stream(environment), load=lambda: load_environment(uow.store, environment),
@@ -124,13 +128,15 @@ async def change_account(
             raise InvalidConfiguration(str(error), field="context") from None
 
     def decide(state: AccountState, now: datetime):
+        account_domain.require_live(state)  # a deleted account is refused even by a change of nothing
         events = []
-        change = override_patch if override_target is None else diff_patch(state.override, override_target)
-        if change is not None:
-            result = merge_patch(state.override, change)
-            if result != state.override:
-                events += account_domain.change_override(state, change, document_hash(result), now,
-                                                         restored_version=restored_version)
+        if override_target is not None:
+            events += account_domain.change_override(
+                state, diff_patch(state.override, override_target), document_hash(override_target), now,
+                restored_version=restored_version, document=override_target)
+        elif override_patch is not None:
+            events += account_domain.change_override(
+                state, override_patch, document_hash(compose_patches(state.override, override_patch)), now)
         if context_patch is not None:
             context = merge_patch(state.context, context_patch)
             events += account_domain.change_context(state, context_patch, document_hash(context), now)
@@ -171,7 +177,8 @@ async def override_history(uow: UnitOfWork, stream: str, event_type: str) -> lis
     versions, document = [], {}
     for row in rows:
         data = json.loads(row["data"])
-        document = merge_patch(document, data["merge_patch"])
+        restored = data.get("document")
+        document = restored if restored is not None else compose_patches(document, data["merge_patch"])
         versions.append(OverrideVersion(
             row["version"], row["occurred_at"], row["actor"], data["merge_patch"], data["resulting_hash"],
             data.get("restored_version"), document,
@@ -207,6 +214,7 @@ async def roll_back_account(uow: UnitOfWork, account_id: uuid.UUID, version: int
 class EffectiveConfig:
     config: dict[str, Any]
     provenance: dict[str, str]
+    removed: dict[str, str]  # fields a lower level set and a higher level's null deleted: by which
     integration_settings: dict[str, Any]
     integration_settings_provenance: dict[str, str]
     versions: dict[str, int]
@@ -219,11 +227,10 @@ async def effective_config(
     """The merged method configuration of an account; UnconfiguredMethod when no level has it."""
     integration = await load_integration(uow.store, account.environment, account.integration)
     environment = await load_environment(uow.store, account.environment)
-    config, provenance = effective_method_config(
-        integration_config=integration.config, environment_override=environment.override,
-        account_override=account.override, integration=account.integration,
-        model=model, resource=resource, method=method,
-    )
+    levels = dict(integration_config=integration.config, environment_override=environment.override,
+                  account_override=account.override, integration=account.integration,
+                  model=model, resource=resource, method=method)
+    config, provenance = effective_method_config(**levels)
     if config is None:
         raise UnconfiguredMethod(f"no level configures {model}/{resource}/{method} for this account",
                                  field="method")
@@ -232,7 +239,7 @@ async def effective_config(
         account_override=account.override, integration=account.integration,
     )
     return EffectiveConfig(
-        config=config, provenance=provenance,
+        config=config, provenance=provenance, removed=removed_method_fields(**levels),
         integration_settings=settings, integration_settings_provenance=settings_provenance,
         versions={"integration": integration.version, "environment": environment.version,
                   "account": account.override_version},

@@ -333,8 +333,12 @@ async def test_preview_reports_evaluation_errors_in_the_body_and_stops_runaway_e
 async def test_a_roll_back_racing_other_changes_still_restores_exactly_that_version(gateway):
     api = await _api(gateway, "admin")
     (account,) = await api.setup("acme")
+    _, first = await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {
+        "list": {"resource": "v1"}}}}})
+    target_document = first["override"]
+    # A change after the target, so that the roll-back has work whatever it races with.
     await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {"list": {
-        "resource": "v1"}}}}})
+        "resource": "v2"}}}}})
     _, history = await api.call("GET", f"/v1/accounts/{account}/overrides/history")
     target = history["versions"][0]
 
@@ -342,10 +346,154 @@ async def test_a_roll_back_racing_other_changes_still_restores_exactly_that_vers
         await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {
             "list": {f"field_{i}": str(i)}}}}})
 
-    await asyncio.gather(*(patch(i) for i in range(8)),
-                         api.call("POST", f"/v1/accounts/{account}/overrides:rollback", json={"version": target["version"]}))
+    *_, (_, rolled) = await asyncio.gather(
+        *(patch(i) for i in range(8)),
+        api.call("POST", f"/v1/accounts/{account}/overrides:rollback", json={"version": target["version"]}))
+    assert rolled["changed"] is True
+    assert rolled["override"] == target_document and rolled["override_hash"] == target["resulting_hash"]
     _, history = await api.call("GET", f"/v1/accounts/{account}/overrides/history")
     (restoring,) = [v for v in history["versions"] if v["restored_version"] == target["version"]]
-    assert restoring["resulting_hash"] == target["resulting_hash"]
+    assert restoring["resulting_hash"] == target["resulting_hash"] and restoring["version"] == rolled["override_version"]
     key_id = "_".join(api.headers["Authorization"].removeprefix("Bearer ").split("_")[2:4])
     assert {v["actor"] for v in history["versions"]} == {f"key:{key_id}"}
+
+# Exponential backtracking: minutes of work inside `re`, which holds the GIL all along.
+CATASTROPHIC = '$contains("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!", /^(a+)+$/)'
+
+
+async def test_the_server_answers_other_requests_while_a_catastrophic_regex_preview_runs(gateway):
+    api = await _api(gateway, "admin")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = asyncio.create_task(api.preview(expression=CATASTROPHIC, sample={}))
+    await asyncio.sleep(0.2)  # let it start: the point is what happens while it runs
+    assert (await api.preview(expression="response.a", sample={"a": 1}))["result"] == 1
+    # Generous: a frozen server answers only once the regex is done, minutes later.
+    assert loop.time() - started < 20 and not slow.done()
+    result = await slow
+    assert result["result"] is None and result["error"]["code"] == "D1012", result
+
+
+async def test_a_preview_cannot_exhaust_memory(gateway):
+    api = await _api(gateway, "admin")
+    doubling = '( $f := function($s, $n){ $n = 0 ? $s : $f($s & $s, $n - 1) }; $length($f("ab", 40)) )'
+    for expression in ('$length($pad("", 50000000))', doubling):
+        result = await api.preview(expression=expression, sample={})
+        assert result["result"] is None and result["error"]["code"] in ("out-of-memory", "D1012"), result
+    assert (await api.preview(expression="response.a", sample={"a": 2}))["result"] == 2
+
+
+async def test_concurrent_previews_never_see_each_others_data(gateway):
+    api = await _api(gateway, "admin")
+    # $eval reads the running input and bindings from the compiled expression object.
+    expression = '[1..400].$eval("$context.tok")'
+
+    async def one(i: int):
+        token = f"t{i}"
+        result = await api.preview(expression=expression, sample={"tok": token}, context={"tok": token})
+        return token, result
+
+    for token, result in await asyncio.gather(*(one(i) for i in range(2))):
+        assert result["error"] is None, result
+        assert set(result["result"]) == {token}, (token, set(result["result"]))
+
+
+async def test_any_evaluation_exception_is_an_error_in_the_body(gateway, caplog):
+    api = await _api(gateway, "admin")
+    for expression in ('$parseInteger("x","w")', '$toMillis("x","[Y")', '$fromMillis(1e20)'):
+        result = await api.preview(expression=expression, sample={"secret_looking_sample": "s4mple-v4lue"})
+        assert result["result"] is None and result["error"]["code"] and result["error"]["message"], result
+    assert "s4mple-v4lue" not in caplog.text
+
+
+async def test_previews_beyond_the_concurrency_bound_are_refused_with_retry_after(gateway):
+    api = await _api(gateway, "admin")
+    bound = gateway.settings.preview_concurrency
+    responses = await asyncio.gather(*(
+        api.client.post("/v1/mappings:preview", headers=api.headers, json={"expression": CATASTROPHIC, "sample": {}})
+        for _ in range(bound + 2)))
+    statuses = sorted(response.status for response in responses)
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    for response in responses:
+        if response.status == 503:
+            assert response.content_type == PROBLEM_JSON and int(response.headers["Retry-After"]) >= 1
+            assert (await response.json())["type"].endswith("/previews-busy")
+    assert (await api.preview(expression="response.a", sample={"a": 3}))["result"] == 3
+
+
+async def test_a_deleted_account_refuses_override_changes_even_of_nothing_and_its_config_and_previews(gateway):
+    api = await _api(gateway, "admin")
+    (account,) = await api.setup("acme")
+    patch = {"unified_model_override": {"crm": {"contacts": {"list": {"resource": "x"}}}}}
+    await api.call("PATCH", f"/v1/accounts/{account}", json=patch)
+    _, history = await api.call("GET", f"/v1/accounts/{account}/overrides/history")
+    await api.call("DELETE", f"/v1/accounts/{account}")
+    before = await api.event_count()
+    for method, path, body in (
+        ("PATCH", f"/v1/accounts/{account}", patch),  # the override already is so: a change of nothing
+        ("PATCH", f"/v1/accounts/{account}", {}),
+        ("POST", f"/v1/accounts/{account}/overrides:rollback", {"version": history["versions"][-1]["version"]}),
+        ("POST", "/v1/mappings:preview", {"account_id": account, "model": "crm", "resource": "contacts",
+                                          "method": "list", "sample": [SF_RECORD]}),
+    ):
+        response, problem = await api.call(method, path, 409, json=body)
+        assert response.content_type == PROBLEM_JSON and problem["type"].endswith("/state-conflict"), problem
+    response, problem = await api.effective(account, expect=409)
+    assert response.content_type == PROBLEM_JSON and problem["type"].endswith("/state-conflict"), problem
+    assert await api.event_count() == before
+    # Its history stays readable: it is the audit trail.
+    await api.call("GET", f"/v1/accounts/{account}/overrides/history")
+
+
+async def test_a_null_in_an_environment_override_deletes_the_integrations_field_until_rolled_back(gateway):
+    api = await _api(gateway, "admin")
+    (account,) = await api.setup("acme")
+    _, env = await api.call("PUT", "/v1/environments/prod/overrides", json={
+        "unified_model_override": {"crm": {"contacts": {"list": {"query_mapping": None}}}}})
+    assert env["changed"] is True
+    _, effective = await api.effective(account)
+    assert "query_mapping" not in effective["config"] and "query_mapping" not in effective["provenance"]
+    assert effective["config"]["response_mapping"] == BASE_LIST["response_mapping"]
+    assert effective["removed"] == {"query_mapping": "environment"}
+    # Another change of the environment keeps the null; the account may still set the field.
+    await api.call("PUT", "/v1/environments/prod/overrides", json={
+        "unified_model_override": {"crm": {"contacts": {"list": {"method": "post"}}}}})
+    await api.call("PATCH", f"/v1/accounts/{account}", json={"unified_model_override": {"crm": {"contacts": {"list": {
+        "response_mapping": None}}}}})
+    _, effective = await api.effective(account)
+    assert set(effective["config"]) == {"resource", "method"} and effective["config"]["method"] == "post"
+    assert effective["removed"] == {"query_mapping": "environment", "response_mapping": "account"}
+    result = await api.preview(422, account_id=account, model="crm", resource="contacts", method="list", sample=[])
+    assert result["errors"][0]["field"] == "mapping"
+    # Rolling back is how a null goes away again: the integration's field shows once more.
+    await api.call("POST", "/v1/environments/prod/overrides:rollback", json={"version": 0})
+    await api.call("POST", f"/v1/accounts/{account}/overrides:rollback", json={"version": 0})
+    _, effective = await api.effective(account)
+    assert effective["config"] == BASE_LIST and effective["removed"] == {}
+
+
+async def test_secret_named_keys_are_refused_however_they_are_spelled(gateway):
+    api = await _api(gateway, "admin")
+    (account,) = await api.setup("acme")
+    before = await api.event_count()
+    for body, field in (
+        ({"context": {"X-Api-Key": "leaky-secret-value"}}, "context.X-Api-Key"),
+        ({"context": {"headers": {"Authorization": "Bearer leaky-secret-value"}}}, "context.headers.Authorization"),
+        ({"context": {"oauthToken": "leaky-secret-value"}}, "context.oauthToken"),
+        ({"integration_override": {"auth": {"private_key": "leaky-secret-value"}}}, "integration_override.auth.private_key"),
+        ({"integration_override": {"clientSecretValue": "leaky-secret-value"}}, "integration_override.clientSecretValue"),
+        ({"unified_model_override": {"crm": {"contacts": {"list": {"session_credentials": "leaky-secret-value"}}}}},
+         "unified_model_override.crm.contacts.list.session_credentials"),
+    ):
+        _, problem = await api.call("PATCH", f"/v1/accounts/{account}", 422, json=body)
+        assert problem["errors"][0]["field"] == field and "leaky-secret-value" not in str(problem), problem
+    _, problem = await api.call("PUT", "/v1/environments/prod/overrides", 422, json={
+        "integrations": {"salesforce": {"integration_override": {"Refresh-Token": "leaky-secret-value"}}}})
+    assert problem["errors"][0]["field"] == "integrations.salesforce.integration_override.Refresh-Token"
+    assert await api.event_count() == before
+    # Names that only say where or how a token is obtained are not secrets.
+    _, patched = await api.call("PATCH", f"/v1/accounts/{account}", json={
+        "integration_override": {"token_url": "https://test.salesforce.com/services/oauth2/token",
+                                 "authorization_url": "https://test.salesforce.com/services/oauth2/authorize"},
+        "context": {"token_type": "Bearer"}})
+    assert patched["changed"] is True and patched["context"]["token_type"] == "Bearer"

@@ -276,7 +276,8 @@ def test_refresh_commands_on_a_non_oauth2_account_are_refused():
 @pytest.mark.parametrize(
     "context, field",
     [
-        ({"oauth": {"token": {"access_token": ACCESS}}}, "context.oauth.token.access_token"),
+        ({"oauth": {"token": {"access_token": ACCESS}}}, "context.oauth.token"),  # the outermost secret name
+        ({"oauth": {"Access-Token": ACCESS}}, "context.oauth.Access-Token"),
         ({"settings": [{"api_key": "sk_live_api_key"}]}, "context.settings[0].api_key"),
         ({"geo": {"lat": 48.85}}, "context"),
     ],
@@ -637,7 +638,8 @@ def test_account_override_changes_merge_and_are_idempotent_by_hash():
     events = domain.change_override(account.state, {"unified_model_override": {"crm": None}, "x": [1]}, "h2", account.now)
     account.state = domain.evolve(account.state, events[0])
     account.log += events
-    assert account.state.override == {"unified_model_override": {}, "x": [1]}
+    # The null stays: it deletes `crm` of the levels below (see test_overrides_merge).
+    assert account.state.override == {"unified_model_override": {"crm": None}, "x": [1]}
     assert account.replayed() == account.state
 
 

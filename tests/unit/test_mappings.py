@@ -49,9 +49,33 @@ def test_compiled_expressions_are_cached_by_text_in_a_bounded_lru(monkeypatch):
     compile_expression("a.b")  # touched: now the most recent
     compile_expression("d")  # evicts "c", the least recent
     assert len(cache) == 2 and cache.get("a.b") is first and cache.get("c") is None
-    with pytest.raises(InvalidMapping):
-        compile_expression("(")
-    assert cache.get("(") is None  # failures are not cached
+
+
+
+def test_compile_failures_are_cached_by_text_and_named_by_each_callers_path(monkeypatch):
+    cache = mappings._LruCache(4)
+    monkeypatch.setattr(mappings, "compiled_cache", cache)
+    with pytest.raises(InvalidMapping) as first:
+        compile_expression("(", "a.response_mapping")
+    parsed = []
+    monkeypatch.setattr(mappings, "Jsonata", lambda text: parsed.append(text))
+    with pytest.raises(InvalidMapping) as again:
+        compile_expression("(", "b.query_mapping")
+    assert parsed == []  # answered from the cache, not parsed again
+    assert again.value.problems[0].path == "b.query_mapping"
+    assert again.value.problems[0].message == first.value.problems[0].message
+
+
+def test_expressions_longer_than_8_kib_are_refused_before_parsing(monkeypatch):
+    monkeypatch.setattr(mappings, "compiled_cache", mappings._LruCache(4))
+    assert mappings.MAX_EXPRESSION_LENGTH == 8 * 1024
+    compile_expression("1+" * 4000 + "1")
+    parsed = []
+    monkeypatch.setattr(mappings, "Jsonata", lambda text: parsed.append(text))
+    with pytest.raises(InvalidMapping) as refused:
+        compile_expression("1+" * 16000 + "1", "x.response_mapping")
+    assert parsed == [] and "8 KiB" in refused.value.problems[0].message
+    assert refused.value.problems[0].path == "x.response_mapping"
 
 
 def test_step_results_are_readable_by_name_from_inside_response_records():

@@ -14,12 +14,14 @@ from service.domain.account import AccountState
 from service.domain.environment import EnvironmentState
 from service.domain.errors import AccountIsDeleted, InvalidContext
 from service.domain.overrides import (
+    compose_patches,
     diff_patch,
     document_hash,
     effective_method_config,
     environment_layer,
     merge_levels,
     merge_patch,
+    removed_method_fields,
 )
 
 NOW = datetime(2026, 10, 15, 14, 30, tzinfo=timezone.utc)
@@ -183,7 +185,7 @@ def test_environment_override_changes_fold_and_unchanged_patches_append_nothing(
     assert (state.version, state.override, state.override_hash) == (1, patch, document_hash(patch))
     assert environment_domain.change_override(state, patch, document_hash(patch), NOW) == []
     restore = diff_patch(state.override, {})
-    events = environment_domain.change_override(state, restore, document_hash({}), NOW, restored_version=0)
+    events = environment_domain.change_override(state, restore, document_hash({}), NOW, restored_version=0, document={})
     state = environment_domain.evolve(state, events[0])
     assert state.override == {} and events[0].restored_version == 0 and state.version == 2
 
@@ -206,3 +208,63 @@ def test_account_override_and_context_changes_fold_with_their_versions():
     deleted = state.model_copy(update={"status": "deleted"})
     with pytest.raises(AccountIsDeleted):
         account_domain.change_override(deleted, {"x": 1}, document_hash({"x": 1}), NOW)
+
+
+def _environment_changed(state: EnvironmentState, patch: dict, **roll_back) -> EnvironmentState:
+    """The environment after a change, decided and folded as the handler does."""
+    result = roll_back.get("document", compose_patches(state.override, patch))
+    events = environment_domain.change_override(state, patch, document_hash(result), NOW, **roll_back)
+    for event in events:
+        state = environment_domain.evolve(state, event)
+    return state
+
+
+def _account_changed(state: AccountState, patch: dict) -> AccountState:
+    events = account_domain.change_override(state, patch, document_hash(compose_patches(state.override, patch)), NOW)
+    return account_domain.fold(state, events)
+
+
+def test_a_null_in_a_levels_change_deletes_that_field_of_the_levels_below_until_rolled_back():
+    base = {"unified_model": {"crm": {"contacts": {"list": {
+        "resource": "contacts", "query_mapping": "q", "response_mapping": "r", "options": {"page": 100}}}}}}
+    environment = EnvironmentState.blank("prod")
+    account = AccountState(account_id=uuid.uuid4(), version=1, status="active", environment="prod", integration="salesforce")
+
+    def effective():
+        where = dict(integration_config=base, environment_override=environment.override,
+                     account_override=account.override, integration="salesforce",
+                     model="crm", resource="contacts", method="list")
+        return (*effective_method_config(**where), removed_method_fields(**where))
+
+    environment = _environment_changed(environment, {"unified_model_override": {"crm": {"contacts": {"list": {
+        "query_mapping": None}}}}})
+    account = _account_changed(account, {"unified_model_override": {"crm": {"contacts": {"list": {
+        "options": None, "response_mapping": "mine"}}}}})
+    config, provenance, removed = effective()
+    assert config == {"resource": "contacts", "response_mapping": "mine"}
+    assert provenance == {"resource": "integration", "response_mapping": "account"}
+    assert removed == {"query_mapping": "environment", "options": "account"}
+
+    # Later changes of the level keep the null they do not mention; a value set above wins over it.
+    environment = _environment_changed(environment, {"unified_model_override": {"crm": {"contacts": {"list": {
+        "method": "get"}}}}})
+    assert environment.override["unified_model_override"]["crm"]["contacts"]["list"] == {
+        "query_mapping": None, "method": "get"}
+    account = _account_changed(account, {"unified_model_override": {"crm": {"contacts": {"list": {
+        "query_mapping": "q2"}}}}})
+    config, provenance, removed = effective()
+    assert config["query_mapping"] == "q2" and provenance["query_mapping"] == "account"
+    assert removed == {"options": "account"}
+
+    # A level deleting all above the method: only what the levels above it set is left.
+    environment = _environment_changed(environment, {"unified_model_override": {"crm": {"contacts": None}}})
+    config, provenance, _ = effective()
+    assert config == {"response_mapping": "mine", "query_mapping": "q2"} and set(provenance.values()) == {"account"}
+
+    # Rolling the environment back to no override removes its nulls: the base shows again.
+    environment = _environment_changed(environment, diff_patch(environment.override, {}), restored_version=0,
+                                       document={})
+    assert environment.override == {}
+    config, provenance, removed = effective()
+    assert config == {"resource": "contacts", "query_mapping": "q2", "response_mapping": "mine"}
+    assert removed == {"options": "account"}

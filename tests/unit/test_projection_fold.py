@@ -17,7 +17,8 @@ from tests.unit.test_account_domain import ACCOUNT_ID, DATA_KEY, T0, fingerprint
 
 PATCHES = [{"unified_model_override": {"crm": {"contacts": {"list": {"response_mapping": "$.records"}}}}},
            {"unified_model_override": {"crm": {"contacts": None}}}, {"label": "eu"}, {"label": None},
-           {"context": {"instance_url": "https://eu.example.com"}}, {"context": {"instance_url": None}}]
+           {"context": {"instance_url": "https://eu.example.com"}}, {"context": {"instance_url": None}},
+           {"restore": {"label": "us"}}]  # a roll-back: the whole document replaced
 
 
 def _stored(event) -> dict:
@@ -38,6 +39,10 @@ def _run(step_list, threshold, overrides):
             if patch is not None and state.exists and state.status != "deleted" and "context" in patch:
                 resulting = canonical_json(domain.merge_patch(state.context, patch["context"]))
                 events = domain.change_context(state, patch["context"], resulting, now)
+            elif patch is not None and state.exists and state.status != "deleted" and "restore" in patch:
+                document = patch["restore"]
+                events = domain.change_override(state, {}, canonical_json(document), now, restored_version=1,
+                                                document=document)
             elif patch is not None and state.exists and state.status != "deleted":  # an override change instead
                 resulting = canonical_json(domain.merge_patch(state.override, patch))
                 events = domain.change_override(state, patch, resulting, now)
