@@ -169,7 +169,7 @@ async def run(seconds: float = 10.0, rounds: int = 2, accounts: int = 2000, work
             counters = sim.counters(include_grants=False)["clients"]
             ll_counters, raw_counters = counters[LL_CLIENT], counters[RAW_CLIENT]
             persisted = await uow.pool.fetchval("SELECT count(*) FROM events WHERE type = 'TokenRefreshed'")
-            leases = await uow.pool.fetchval("SELECT count(*) FROM refresh_leases")
+            leases = await uow.pool.fetchval("SELECT count(*) FROM refresh_leases_held")
             refreshed_accounts = await uow.pool.fetchval(
                 "SELECT count(DISTINCT stream_id) FROM events WHERE type = 'TokenRefreshed'")
 

@@ -173,7 +173,7 @@ async def test_workers_killed_mid_refresh_lose_nothing_but_what_was_in_flight(da
         while True:
             pending = await pool.fetchval("SELECT count(*) FROM refresh_schedule WHERE due_at < $1",
                                           clock() + timedelta(seconds=3600))
-            leases = await pool.fetchval("SELECT count(*) FROM refresh_leases")
+            leases = await pool.fetchval("SELECT count(*) FROM refresh_leases_held")
             if pending == 0 and leases == 0:
                 break
             assert clean.alive, logs()

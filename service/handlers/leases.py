@@ -1,0 +1,87 @@
+"""Refresh leases and the refresh schedule, as the refresh path writes them: batched.
+
+Taking a lease and reading the account's head (state and current secrets) is one statement; the
+lease is released by the append of the refresh's outcome (its event id is named in the lease, see
+migration 0060), so the common path costs no release statement. Both the lease takes and the
+schedule updates of concurrent refreshes are coalesced into one statement each (service.handlers
+.batching).
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service.handlers.batching import Batcher
+
+# Rows are locked in account order, so two processes' batches cannot deadlock. A lease is free when
+# it has expired, is this holder's own, or its outcome event has been appended. The head is read in
+# the same snapshot that found the previous outcome appended, so it includes that outcome.
+_TAKE = """
+WITH wanted AS (
+  SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS w(account_id, outcome_event_id) ORDER BY account_id
+), taken AS (
+  INSERT INTO refresh_leases AS l (account_id, holder, expires_at, outcome_event_id)
+  SELECT account_id, $3, now() + make_interval(secs => $4), outcome_event_id FROM wanted
+  ON CONFLICT (account_id) DO UPDATE
+     SET holder = excluded.holder, expires_at = excluded.expires_at, outcome_event_id = excluded.outcome_event_id
+   WHERE l.expires_at < now() OR l.holder = excluded.holder
+      OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = l.outcome_event_id)
+  RETURNING account_id
+)
+SELECT t.account_id, h.version, h.snapshot, h.snapshot_version, s.event_id, s.secret
+  FROM taken t
+  LEFT JOIN stream_heads h ON h.stream_id = 'account-' || t.account_id::text
+  LEFT JOIN LATERAL (SELECT event_id, secret FROM events WHERE stream_id = h.stream_id AND secret IS NOT NULL
+                      ORDER BY version DESC LIMIT 1) s ON true
+"""
+
+_SCHEDULE = """
+INSERT INTO refresh_schedule (account_id, due_at, attempt)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[]) ORDER BY 1
+ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease and what was read under it: the head row (None if the account has no stream)."""
+
+    account_id: uuid.UUID
+    outcome_event_id: uuid.UUID
+    head: asyncpg.Record | None
+
+
+class RefreshLeases:
+    def __init__(self, pool: asyncpg.Pool, holder: str, lease_seconds: float):
+        self._pool = pool
+        self.holder = holder
+        self._seconds = float(lease_seconds)
+        self._takes = Batcher(self._send_takes)
+        self._schedules = Batcher(self._send_schedules)
+
+    async def take(self, account_id: uuid.UUID, outcome_event_id: uuid.UUID) -> Lease | None:
+        """The lease, with the head read under it; None when another holder has it."""
+        row = await self._takes.submit(account_id, (account_id, outcome_event_id))
+        if row is None:
+            return None
+        return Lease(account_id, outcome_event_id, row if row["version"] is not None else None)
+
+    async def release(self, lease: Lease) -> None:
+        """For outcomes that appended nothing (the outcome event releases the others)."""
+        await self._pool.execute(
+            "DELETE FROM refresh_leases WHERE account_id = $1 AND holder = $2 AND outcome_event_id = $3",
+            lease.account_id, self.holder, lease.outcome_event_id)
+
+    async def schedule(self, account_id: uuid.UUID, due_at: datetime, attempt: int = 0) -> None:
+        await self._schedules.submit(account_id, (account_id, due_at, attempt))
+
+    async def _send_takes(self, items: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, Any]:
+        rows = await self._pool.fetch(_TAKE, [i[0] for i in items], [i[1] for i in items], self.holder, self._seconds)
+        return {row["account_id"]: row for row in rows}
+
+    async def _send_schedules(self, items: list[tuple[uuid.UUID, datetime, int]]) -> dict:
+        await self._pool.execute(_SCHEDULE, *(list(column) for column in zip(*items)))
+        return {}
