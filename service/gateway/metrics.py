@@ -15,6 +15,17 @@ class Metrics:
                                  registry=self.registry)
         self.import_records = Counter("linkledger_import_records_total", "Imported records by outcome", ["outcome"],
                                       registry=self.registry)
+        # labels() takes a lock and validates the labels on every call; the children it returns
+        # are stable, so each (method, route, status) looks them up once.
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            self._children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -24,8 +35,6 @@ def metrics_middleware(metrics: Metrics):
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
         started = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
         status = 500
         try:
             response = await handler(request)
@@ -35,7 +44,8 @@ def metrics_middleware(metrics: Metrics):
             status = exc.status
             raise
         finally:
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+            resource = request.match_info.route.resource
+            metrics.observe(request.method, resource.canonical if resource is not None else "unmatched", status,
+                            time.perf_counter() - started)
 
     return middleware

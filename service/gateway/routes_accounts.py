@@ -9,7 +9,6 @@ from datetime import datetime
 from aiohttp import web
 
 from events.catalog.base import decode
-from events.hashing import format_instant
 from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
@@ -21,10 +20,11 @@ from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, REFRESHER, UOW
 from service.gateway.views import account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
-    load_existing_account, read_for_token,
+    load_existing_account,
 )
 from service.handlers.import_profiles import PROFILES, parse_import, to_command
-from service.handlers.tokens import validate
+from service.handlers.token_reads import token_fields
+from service.handlers.tokens import ON_DEMAND_MARGIN, needs_refresh, validate
 from service.handlers.repositories import load_integration
 
 routes = web.RouteTableDef()
@@ -171,13 +171,17 @@ async def get_account(request: web.Request) -> web.Response:
 @requires("service", "admin")
 async def get_token(request: web.Request) -> web.Response:
     uow = request.app[UOW]
-    state, secrets = await read_for_token(uow, _account_id(request))
-    if not api_key(request).may_access(state.environment) or state.status == "deleted":
+    refresher = request.app[REFRESHER]
+    key = api_key(request)
+    state, secrets, fields = await refresher.token_reads.read(_account_id(request))
+    if not key.may_access(state.environment) or state.status == "deleted":
         raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
+    now = uow.clock()
     # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).
-    fresh = await request.app[REFRESHER].ensure_fresh(state.account_id, state=state)
-    if fresh is not state:
-        state, secrets = fresh, None
+    if needs_refresh(state, now, ON_DEMAND_MARGIN):
+        fresh = await refresher.ensure_fresh(state.account_id, state=state)
+        if fresh is not state:
+            state, secrets, fields = fresh, None, token_fields(fresh)
     if state.status == "needs_reauth":
         return problem(409, "Conflict", f"the account needs re-authentication ({state.status_reason or 'unknown'})",
                        type_="needs-reauth", status_of_account=state.status, reason=state.status_reason)
@@ -189,17 +193,16 @@ async def get_token(request: web.Request) -> web.Response:
         return response
     if secrets is None:
         secrets = await current_credentials(uow, state.account_id)
-    body = {
-        "account_id": str(state.account_id),
-        "authentication_method": state.authentication_method,
-        "token_type": state.token_type,
-        "expires_at": format_instant(state.expires_at) if state.expires_at else None,
-        "context": state.context,
-        "status": state.status,
-    }
-    body.update({k: v for k, v in secrets.items() if k in ("access_token", "api_key", "username", "password")})
-    request.app[ACCESS_RECORDER].record(api_key(request).key_id, state.account_id, uow.clock())
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    body = dict(fields)
+    for name in _TOKEN_SECRETS:
+        if name in secrets:
+            body[name] = secrets[name]
+    request.app[ACCESS_RECORDER].record(key.key_id, state.account_id, now)
+    return web.Response(text=json.dumps(body), content_type="application/json", headers=_NO_STORE)
+
+
+_TOKEN_SECRETS = ("access_token", "api_key", "username", "password")
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 @routes.delete("/v1/accounts/{id}")

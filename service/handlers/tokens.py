@@ -25,6 +25,7 @@ from service.domain.commands import Credentials, RecordRefreshFailure, RecordTok
 from service.domain.identity import account_stream, integration_stream
 from service.handlers.accounts import AccountNotFound, current_credentials, load_existing_account, schedule_accounts
 from service.handlers.leases import Lease, RefreshLeases
+from service.handlers.token_reads import TokenReads
 from service.handlers.repositories import load_integration
 from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork
@@ -67,9 +68,11 @@ class Refresher:
     _in_flight: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
     _configs: dict[tuple[str, str], tuple[asyncio.Future, float]] = field(default_factory=dict)
     leases: RefreshLeases = field(init=False)
+    token_reads: TokenReads = field(init=False)  # the token read path's per-account cache, this process's
 
     def __post_init__(self) -> None:
         self.leases = RefreshLeases(self.uow.pool, self.holder, LEASE_SECONDS)
+        self.token_reads = TokenReads(self.uow)
 
     async def refresh(self, account_id: uuid.UUID, *, if_expiring_within: timedelta | None = None) -> AccountState:
         """Refresh now (or join the refresh already running in this process).
@@ -117,7 +120,7 @@ class Refresher:
         while True:
             if state is None:
                 state = await load_existing_account(self.uow, account_id)
-            if not _needs_refresh(state, self.uow.clock(), margin):
+            if not needs_refresh(state, self.uow.clock(), margin):
                 return state
             try:
                 return await self.refresh(account_id, if_expiring_within=margin)
@@ -137,7 +140,7 @@ class Refresher:
         outcome = _Outcome(lease.outcome_event_id)
         try:
             state, secrets = await self._read_under_lease(lease)
-            if if_expiring_within is not None and not _needs_refresh(state, self.uow.clock(), if_expiring_within):
+            if if_expiring_within is not None and not needs_refresh(state, self.uow.clock(), if_expiring_within):
                 return state  # refreshed meanwhile by the lease's previous holder
             return await self._refresh_once(state, secrets, outcome)
         finally:
@@ -281,7 +284,7 @@ async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountStat
     return new_state
 
 
-def _needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
+def needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
     if state.authentication_method != "oauth2" or state.status in ("deleted", "needs_reauth"):
         return False
     return state.expires_at is not None and state.expires_at - now <= margin

@@ -7,9 +7,10 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from service.domain import account as account_domain
+from service.domain.account import AccountState
 from service.domain.commands import RecordCredentialsAccess
 from service.domain.errors import DomainError
 from service.domain.identity import account_stream
@@ -56,11 +57,14 @@ class AccessRecorder:
             tallies = {k: v for k, v in self._tallies.items() if k[2] < current}
             for key in tallies:
                 del self._tallies[key]
-        gate = asyncio.Semaphore(4)  # a few connections at most: token reads must not queue behind the audit
+        states = await self._load_states({account_id for _, account_id, _ in tallies})
+        # Appends of different streams are group-committed by the store (one statement per batch,
+        # two at most in flight), so this takes few connections whatever the concurrency.
+        gate = asyncio.Semaphore(64)
 
         async def bounded(key, account_id, tally):
             async with gate:
-                return await self._append(key, account_id, tally)
+                return await self._append(key, account_id, tally, states.get(account_id))
 
         results = await asyncio.gather(*(bounded(key, account_id, tally)
                                          for (key, account_id, _), tally in tallies.items()), return_exceptions=True)
@@ -73,7 +77,20 @@ class AccessRecorder:
                             account_id, type(result).__name__)
         return written
 
-    async def _append(self, key_id: str, account_id: uuid.UUID, tally: _Tally) -> bool:
+    async def _load_states(self, account_ids: set[uuid.UUID]) -> dict[uuid.UUID, AccountState]:
+        """The accounts' states from their head snapshots, in one query (those whose snapshot is
+        behind are left out: their append loads them the ordinary way)."""
+        if not account_ids:
+            return {}
+        rows = await self._uow.pool.fetch(
+            "SELECT snapshot FROM stream_heads WHERE stream_id = ANY($1::text[]) AND snapshot_version = version",
+            [account_stream(account_id) for account_id in account_ids])
+        states = (AccountState.model_validate_json(row["snapshot"]) for row in rows)
+        return {state.account_id: state for state in states}
+
+    async def _append(self, key_id: str, account_id: uuid.UUID, tally: _Tally, state: AccountState | None) -> bool:
+        """One key's reads of one account in one bucket. Several keys' tallies of one account meet
+        a version conflict after the first: decide_and_append then loads and decides again."""
         uow = self._uow
         command = RecordCredentialsAccess(account_id=account_id, accessor=key_id, count=tally.count,
                                           first_at=tally.first_at, last_at=tally.last_at)
@@ -81,6 +98,7 @@ class AccessRecorder:
             _, events = await decide_and_append(
                 uow, account_stream(account_id), load=lambda: load_existing_account(uow, account_id),
                 decide=lambda state, now: account_domain.decide(state, command, now), evolve=account_domain.evolve,
+                initial=state,
             )
         except (AccountNotFound, DomainError):
             return False  # deleted meanwhile: nothing to attach the reads to

@@ -1,0 +1,83 @@
+"""The token read's hot path: one single-row statement per read, and no re-parsing of an account
+whose stream has not moved since this process last read it.
+
+Each read asks for the head's version; the snapshot and the latest secret-carrying event come back
+only when the version differs from the one this process holds (the lateral read is skipped
+otherwise). The parsed state and the ciphertext are kept per account, never the plaintext: every
+read decrypts with the cached data key, so a shredded key stops serving within the data-key
+cache's time-to-live, as everywhere else.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.hashing import format_instant
+from service.crypto.envelope import decrypt, event_aad
+from service.domain.account import AccountState
+from service.domain.identity import account_stream
+from service.handlers.accounts import AccountNotFound, load_existing_account
+from service.handlers.uow import UnitOfWork
+
+_READ = """
+SELECT h.version, h.snapshot_version, CASE WHEN h.version = $2 THEN NULL ELSE h.snapshot END AS snapshot,
+       s.event_id, s.secret
+  FROM stream_heads h
+  LEFT JOIN LATERAL (SELECT event_id, secret FROM events
+                      WHERE h.version <> $2 AND stream_id = h.stream_id AND secret IS NOT NULL
+                      ORDER BY version DESC LIMIT 1) s ON true
+ WHERE h.stream_id = $1
+"""
+
+CACHE_SIZE = 50_000  # accounts; a parsed state is a few KiB at most
+
+
+def token_fields(state: AccountState) -> dict[str, Any]:
+    """The non-secret part of a token answer."""
+    return {
+        "account_id": str(state.account_id),
+        "authentication_method": state.authentication_method,
+        "token_type": state.token_type,
+        "expires_at": format_instant(state.expires_at) if state.expires_at else None,
+        "context": state.context,
+        "status": state.status,
+    }
+
+
+@dataclass(frozen=True)
+class _Held:
+    version: int
+    state: AccountState
+    event_id: uuid.UUID
+    ciphertext: bytes = field(repr=False)
+    fields: dict[str, Any]
+
+
+class TokenReads:
+    def __init__(self, uow: UnitOfWork, size: int = CACHE_SIZE):
+        self._uow = uow
+        self._size = size
+        self._held: dict[uuid.UUID, _Held] = {}
+
+    async def read(self, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None, dict[str, Any]]:
+        """(state, current secrets, the answer's non-secret fields). Secrets are None for a deleted
+        account, or when the head snapshot is behind (the caller then reads them the ordinary way)."""
+        stream = account_stream(account_id)
+        held = self._held.get(account_id)
+        row = await self._uow.pool.fetchrow(_READ, stream, held.version if held is not None else -1)
+        if row is None:
+            self._held.pop(account_id, None)
+            raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
+        if held is None or row["version"] != held.version:
+            if row["snapshot"] is None or row["snapshot_version"] != row["version"] or row["secret"] is None:
+                state = await load_existing_account(self._uow, account_id)
+                return state, None, token_fields(state)
+            state = AccountState.model_validate_json(row["snapshot"])
+            held = _Held(row["version"], state, row["event_id"], bytes(row["secret"]), token_fields(state))
+            if len(self._held) >= self._size:
+                del self._held[next(iter(self._held))]  # the oldest entry
+            self._held[account_id] = held
+        if held.state.status == "deleted":
+            return held.state, None, held.fields  # its key is shredded: nothing to decrypt
+        data_key = await self._uow.data_keys.get(stream)
+        return held.state, decrypt(data_key.key, held.ciphertext, event_aad(stream, held.event_id)), held.fields
