@@ -13,6 +13,7 @@ from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
 from service.domain.errors import UnknownIntegration
+from service.domain.integration import health_check_at_first_use
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.errors import problem
@@ -177,6 +178,13 @@ async def get_token(request: web.Request) -> web.Response:
     if not key.may_access(state.environment) or state.status == "deleted":
         raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
     now = uow.clock()
+    if state.status == "connecting" and await _checked_at_first_use(request, state):
+        # The account's first use runs its health check (refreshing first if the token expires soon).
+        state = await refresher.validate(state.account_id)
+        secrets, fields = None, token_fields(state)
+        if state.status == "validation_error":
+            return problem(409, "Conflict", f"the account failed its health check ({state.status_reason})",
+                           type_="validation-error", status_of_account=state.status, reason=state.status_reason)
     # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).
     if needs_refresh(state, now, ON_DEMAND_MARGIN):
         fresh = await refresher.ensure_fresh(state.account_id, state=state)
@@ -199,6 +207,11 @@ async def get_token(request: web.Request) -> web.Response:
             body[name] = secrets[name]
     request.app[ACCESS_RECORDER].record(key.key_id, state.account_id, now)
     return web.Response(text=json.dumps(body), content_type="application/json", headers=_NO_STORE)
+
+
+async def _checked_at_first_use(request: web.Request, state: AccountState) -> bool:
+    integration = await load_integration(request.app[UOW].store, state.environment, state.integration)
+    return health_check_at_first_use(integration)
 
 
 _TOKEN_SECRETS = ("access_token", "api_key", "username", "password")

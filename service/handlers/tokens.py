@@ -65,7 +65,7 @@ class Refresher:
     uow: UnitOfWork
     oauth: OAuthClient
     holder: str = field(default_factory=lambda: f"proc-{uuid.uuid4().hex[:12]}")
-    _in_flight: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
+    _in_flight: dict[uuid.UUID | tuple[str, uuid.UUID], asyncio.Task] = field(default_factory=dict)
     _configs: dict[tuple[str, str], tuple[asyncio.Future, float]] = field(default_factory=dict)
     leases: RefreshLeases = field(init=False)
     token_reads: TokenReads = field(init=False)  # the token read path's per-account cache, this process's
@@ -90,7 +90,7 @@ class Refresher:
             task.add_done_callback(lambda _: self._in_flight.pop(account_id, None))
         return await asyncio.shield(task)
 
-    async def _config(self, environment: str, integration: str) -> OAuthClientConfig:
+    async def client_config(self, environment: str, integration: str) -> OAuthClientConfig:
         """The integration's client, cached briefly: a changed client takes effect within CONFIG_SECONDS.
         Concurrent misses share one load."""
         key = (environment, integration)
@@ -105,6 +105,18 @@ class Refresher:
         except Exception:
             self._configs.pop(key, None)  # a failed load is not cached
             raise
+
+    async def validate(self, account_id: uuid.UUID) -> AccountState:
+        """The health check (module-level validate), shared by concurrent callers in this process
+        (many first reads of one account run it once) and, like a refresh, not cut short by a
+        caller's cancellation."""
+        key = ("validate", account_id)
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.create_task(validate(self, account_id))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(task)
 
     async def drain(self, timeout: float) -> None:
         """Let the refreshes in flight finish (at shutdown), so none is cut in half."""
@@ -174,7 +186,7 @@ class Refresher:
         refresh_token = secrets.get("refresh_token")
         if not refresh_token:
             raise NotRefreshable(f"account {account_id} holds no refresh token")
-        config = await self._config(state.environment, state.integration)
+        config = await self.client_config(state.environment, state.integration)
         try:
             tokens = await self.oauth.refresh(config, refresh_token)
         except OAuthError as error:
@@ -265,7 +277,7 @@ async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountStat
     url = (integration.health_check or {}).get("url") or (integration.oauth_client or {}).get("userinfo_url")
     ok, reason = True, None
     if url and state.authentication_method == "oauth2":
-        config = await oauth_config(uow, state.environment, state.integration)
+        config = await refresher.client_config(state.environment, state.integration)
         secrets = await current_credentials(uow, account_id)
         try:
             await refresher.oauth.userinfo(config, secrets["access_token"], url)

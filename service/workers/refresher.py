@@ -6,7 +6,9 @@ import logging
 from datetime import timedelta
 
 from service.handlers.accounts import AccountNotFound, load_existing_account
-from service.handlers.tokens import PROACTIVE_MARGIN, NotRefreshable, RefreshInProgress, Refresher, validate
+from service.domain.integration import health_check_at_first_use
+from service.handlers.repositories import load_integration
+from service.handlers.tokens import PROACTIVE_MARGIN, NotRefreshable, RefreshInProgress, Refresher
 from service.oauth.errors import OAuthError
 
 log = logging.getLogger("linkledger.refresher")
@@ -15,6 +17,7 @@ log = logging.getLogger("linkledger.refresher")
 # the refresh's outcome then sets the real next due time.
 CLAIM_SECONDS = 120
 PRUNE_SECONDS = 300  # real seconds
+FIRST_USE_RECHECK_SECONDS = 3600
 
 
 # One statement: the due rows are locked (skipping those another worker holds), pushed ahead and
@@ -40,6 +43,22 @@ async def claim_due(refresher: Refresher, limit: int) -> list[tuple]:
     return [(r["account_id"], r["version"] is not None, r["status"]) for r in rows]
 
 
+async def check_at_import(refresher: Refresher, account_id) -> None:
+    """A connecting account's health check, unless its integration runs it at first use: then the
+    account is left untouched (its tokens too) and looked at again in FIRST_USE_RECHECK_SECONDS, in
+    case the setting changes."""
+    state = await load_existing_account(refresher.uow, account_id)
+    integration = await load_integration(refresher.uow.store, state.environment, state.integration)
+    if health_check_at_first_use(integration):
+        await set_due(refresher, account_id, refresher.uow.clock() + timedelta(seconds=FIRST_USE_RECHECK_SECONDS))
+        return
+    await refresher.validate(account_id)
+
+
+async def set_due(refresher: Refresher, account_id, due_at) -> None:
+    await refresher.uow.pool.execute("UPDATE refresh_schedule SET due_at = $2 WHERE account_id = $1", account_id, due_at)
+
+
 async def refresh_due_once(refresher: Refresher, *, limit: int = 100, concurrency: int = 16) -> int:
     """Claim and refresh what is due now; returns how many were claimed."""
     claimed = await claim_due(refresher, limit)
@@ -53,7 +72,7 @@ async def refresh_due_once(refresher: Refresher, *, limit: int = 100, concurrenc
                 if status is None:
                     status = (await load_existing_account(refresher.uow, account_id)).status
                 if status == "connecting":
-                    await validate(refresher, account_id)
+                    await check_at_import(refresher, account_id)
                 else:
                     await refresher.refresh(account_id, if_expiring_within=PROACTIVE_MARGIN)
             except RefreshInProgress:
