@@ -18,10 +18,12 @@ from service.handlers.batching import Batcher
 
 # Rows are locked in account order, so two processes' batches cannot deadlock. A lease is free when
 # it has expired, is this holder's own, or its outcome event has been appended. The head is read in
-# the same snapshot that found the previous outcome appended, so it includes that outcome.
+# the same snapshot that found the previous outcome appended, so it includes that outcome; its
+# snapshot and latest secret only when the version differs from the one the caller holds parsed.
 _TAKE = """
 WITH wanted AS (
-  SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS w(account_id, outcome_event_id) ORDER BY account_id
+  SELECT * FROM unnest($1::uuid[], $2::uuid[], $5::int[]) AS w(account_id, outcome_event_id, held_version)
+   ORDER BY account_id
 ), taken AS (
   INSERT INTO refresh_leases AS l (account_id, holder, expires_at, outcome_event_id)
   SELECT account_id, $3, now() + make_interval(secs => $4), outcome_event_id FROM wanted
@@ -31,10 +33,13 @@ WITH wanted AS (
       OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = l.outcome_event_id)
   RETURNING account_id
 )
-SELECT t.account_id, h.version, h.snapshot, h.snapshot_version, s.event_id, s.secret
+SELECT t.account_id, h.version, h.snapshot_version,
+       CASE WHEN h.version = w.held_version THEN NULL ELSE h.snapshot END AS snapshot, s.event_id, s.secret
   FROM taken t
+  JOIN wanted w ON w.account_id = t.account_id
   LEFT JOIN stream_heads h ON h.stream_id = 'account-' || t.account_id::text
-  LEFT JOIN LATERAL (SELECT event_id, secret FROM events WHERE stream_id = h.stream_id AND secret IS NOT NULL
+  LEFT JOIN LATERAL (SELECT event_id, secret FROM events
+                      WHERE h.version <> w.held_version AND stream_id = h.stream_id AND secret IS NOT NULL
                       ORDER BY version DESC LIMIT 1) s ON true
 """
 
@@ -62,9 +67,10 @@ class RefreshLeases:
         self._takes = Batcher(self._send_takes)
         self._schedules = Batcher(self._send_schedules)
 
-    async def take(self, account_id: uuid.UUID, outcome_event_id: uuid.UUID) -> Lease | None:
-        """The lease, with the head read under it; None when another holder has it."""
-        row = await self._takes.submit(account_id, (account_id, outcome_event_id))
+    async def take(self, account_id: uuid.UUID, outcome_event_id: uuid.UUID, held_version: int = -1) -> Lease | None:
+        """The lease, with the head read under it; None when another holder has it. The head's
+        snapshot and secret are left out when its version is `held_version`."""
+        row = await self._takes.submit(account_id, (account_id, outcome_event_id, held_version))
         if row is None:
             return None
         return Lease(account_id, outcome_event_id, row if row["version"] is not None else None)
@@ -79,7 +85,8 @@ class RefreshLeases:
         await self._schedules.submit(account_id, (account_id, due_at, attempt))
 
     async def _send_takes(self, items: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, Any]:
-        rows = await self._pool.fetch(_TAKE, [i[0] for i in items], [i[1] for i in items], self.holder, self._seconds)
+        rows = await self._pool.fetch(_TAKE, [i[0] for i in items], [i[1] for i in items], self.holder, self._seconds,
+                                      [i[2] for i in items])
         return {row["account_id"]: row for row in rows}
 
     async def _send_schedules(self, items: list[tuple[uuid.UUID, datetime, int]]) -> dict:

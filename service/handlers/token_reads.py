@@ -54,30 +54,58 @@ class _Held:
 
 
 class TokenReads:
+    """This process's parsed accounts, keyed by stream version. The refresher shares it: what it
+    appends it holds at once, so the next read (or refresh) of that account parses nothing."""
+
     def __init__(self, uow: UnitOfWork, size: int = CACHE_SIZE):
         self._uow = uow
         self._size = size
         self._held: dict[uuid.UUID, _Held] = {}
 
+    def held_version(self, account_id: uuid.UUID) -> int:
+        held = self._held.get(account_id)
+        return held.version if held is not None else -1
+
+    def held(self, account_id: uuid.UUID, version: int) -> "_Held | None":
+        held = self._held.get(account_id)
+        return held if held is not None and held.version == version else None
+
+    def hold(self, state: AccountState, event_id: uuid.UUID, ciphertext: bytes) -> "_Held":
+        """Keep `state` (as of its version) with the ciphertext of its current secrets."""
+        held = _Held(state.version, state, event_id, ciphertext, token_fields(state))
+        if state.account_id not in self._held and len(self._held) >= self._size:
+            del self._held[next(iter(self._held))]  # the oldest entry
+        self._held[state.account_id] = held
+        return held
+
+    def hold_row(self, account_id: uuid.UUID, row) -> "_Held | None":
+        """What a head row read with a held version says: the held entry when the version is the
+        same, else the row's snapshot and secret, now held; None when the snapshot is behind."""
+        held = self.held(account_id, row["version"])
+        if held is not None:
+            return held
+        if row["snapshot"] is None or row["snapshot_version"] != row["version"] or row["secret"] is None:
+            return None
+        state = AccountState.model_validate_json(row["snapshot"])
+        return self.hold(state, row["event_id"], bytes(row["secret"]))
+
+    async def secrets(self, held: "_Held") -> dict[str, Any] | None:
+        """The held account's current secrets, decrypted now; None once it is deleted (its key is shredded)."""
+        if held.state.status == "deleted":
+            return None
+        stream = account_stream(held.state.account_id)
+        data_key = await self._uow.data_keys.get(stream)
+        return decrypt(data_key.key, held.ciphertext, event_aad(stream, held.event_id))
+
     async def read(self, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None, dict[str, Any]]:
         """(state, current secrets, the answer's non-secret fields). Secrets are None for a deleted
         account, or when the head snapshot is behind (the caller then reads them the ordinary way)."""
-        stream = account_stream(account_id)
-        held = self._held.get(account_id)
-        row = await self._uow.pool.fetchrow(_READ, stream, held.version if held is not None else -1)
+        row = await self._uow.pool.fetchrow(_READ, account_stream(account_id), self.held_version(account_id))
         if row is None:
             self._held.pop(account_id, None)
             raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
-        if held is None or row["version"] != held.version:
-            if row["snapshot"] is None or row["snapshot_version"] != row["version"] or row["secret"] is None:
-                state = await load_existing_account(self._uow, account_id)
-                return state, None, token_fields(state)
-            state = AccountState.model_validate_json(row["snapshot"])
-            held = _Held(row["version"], state, row["event_id"], bytes(row["secret"]), token_fields(state))
-            if len(self._held) >= self._size:
-                del self._held[next(iter(self._held))]  # the oldest entry
-            self._held[account_id] = held
-        if held.state.status == "deleted":
-            return held.state, None, held.fields  # its key is shredded: nothing to decrypt
-        data_key = await self._uow.data_keys.get(stream)
-        return held.state, decrypt(data_key.key, held.ciphertext, event_aad(stream, held.event_id)), held.fields
+        held = self.hold_row(account_id, row)
+        if held is None:
+            state = await load_existing_account(self._uow, account_id)
+            return state, None, token_fields(state)
+        return held.state, await self.secrets(held), held.fields

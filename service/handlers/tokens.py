@@ -146,7 +146,7 @@ class Refresher:
         # Lease time is the database's real time, not the domain clock (which tests may run fast):
         # the work under a lease takes real seconds. The outcome's event id is fixed now: its append
         # releases the lease.
-        lease = await self.leases.take(account_id, uuid7())
+        lease = await self.leases.take(account_id, uuid7(), self.token_reads.held_version(account_id))
         if lease is None:
             raise RefreshInProgress(str(account_id))
         outcome = _Outcome(lease.outcome_event_id)
@@ -162,17 +162,12 @@ class Refresher:
     async def _read_under_lease(self, lease: Lease) -> tuple[AccountState, dict | None]:
         """The account and its current secrets as read with the lease; secrets None when the head
         snapshot is behind (the caller then reads them the ordinary way)."""
-        head = lease.head
-        if head is None:
+        if lease.head is None:
             raise AccountNotFound(f"account {lease.account_id} does not exist", field="account_id")
-        if head["snapshot"] is None or head["snapshot_version"] != head["version"] or head["secret"] is None:
+        held = self.token_reads.hold_row(lease.account_id, lease.head)
+        if held is None:
             return await load_existing_account(self.uow, lease.account_id), None
-        state = AccountState.model_validate_json(head["snapshot"])
-        if state.status == "deleted":
-            return state, None
-        stream = account_stream(lease.account_id)
-        data_key = await self.uow.data_keys.get(stream)
-        return state, decrypt(data_key.key, bytes(head["secret"]), event_aad(stream, head["event_id"]))
+        return held.state, await self.token_reads.secrets(held)
 
     async def _refresh_once(self, state: AccountState, secrets: dict | None, outcome: "_Outcome") -> AccountState:
         uow = self.uow
@@ -208,12 +203,15 @@ class Refresher:
         stream = account_stream(account_id)
         data_key = await uow.data_keys.get(stream)
 
+        sealed: dict[str, object] = {}  # the secret as appended: held for the next read
+
         def encode(events, now):
             out = []
             for index, event in enumerate(events):
                 event_id = outcome.event_id if index == 0 else uuid7()
                 if isinstance(event, TokenRefreshed):
                     ciphertext = encrypt(data_key.key, plaintext, event_aad(stream, event_id))
+                    sealed.update(event_id=event_id, ciphertext=ciphertext)
                     out.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
                 else:
                     out.append(uow.new_event(event, now, event_id=event_id))
@@ -227,6 +225,8 @@ class Refresher:
             evolve=account_domain.evolve, encode=encode, initial=state,
         )
         outcome.appended = bool(events)
+        if events:
+            self.token_reads.hold(new_state, sealed["event_id"], sealed["ciphertext"])
         due = next_due(new_state, uow.clock())
         if due is not None:
             await self.leases.schedule(account_id, due)

@@ -30,6 +30,7 @@ elapsed milliseconds and outcome. Never a body, a header value or a token.
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import math
@@ -178,6 +179,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+@functools.lru_cache(maxsize=256)  # a handful of clients, used on every request
 def _basic_credentials(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: each part form-urlencoded, then joined with ':' and base64-encoded."""
     pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
