@@ -67,6 +67,7 @@ async def create_key(
 CACHE_SECONDS = 10.0
 _CACHE_SIZE = 10_000
 _cache: dict[bytes, tuple[ApiKey, float]] = {}
+clock = time.monotonic  # replaceable by tests
 
 
 async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
@@ -75,7 +76,7 @@ async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
         return None
     digest = _hash(secret)
     cached = _cache.get(digest)
-    if cached is not None and cached[1] > time.monotonic():
+    if cached is not None and cached[1] > clock():
         return cached[0]
     row = await pool.fetchrow(
         "SELECT key_id, role, environments, name FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
@@ -87,7 +88,7 @@ async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
     key = ApiKey(row["key_id"], row["role"], tuple(row["environments"]), row["name"])
     if len(_cache) >= _CACHE_SIZE:
         _cache.clear()
-    _cache[digest] = (key, time.monotonic() + CACHE_SECONDS)
+    _cache[digest] = (key, clock() + CACHE_SECONDS)
     return key
 
 
