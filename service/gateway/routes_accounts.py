@@ -178,11 +178,12 @@ async def get_token(request: web.Request) -> web.Response:
     if not key.may_access(state.environment) or state.status == "deleted":
         raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
     now = uow.clock()
-    if state.status == "connecting" and await _checked_at_first_use(request, state):
-        # The account's first use runs its health check (refreshing first if the token expires soon).
-        state = await refresher.validate(state.account_id)
-        secrets, fields = None, token_fields(state)
-        if state.status == "validation_error":
+    if state.status in ("connecting", "validation_error") and await _checked_at_first_use(request, state):
+        if state.status == "connecting":
+            # The account's first use runs its health check (refreshing first if the token expires soon).
+            state = await refresher.validate(state.account_id)
+            secrets, fields = None, token_fields(state)
+        if state.status == "validation_error":  # until an operator's /validate succeeds or tokens are re-imported
             return problem(409, "Conflict", f"the account failed its health check ({state.status_reason})",
                            type_="validation-error", status_of_account=state.status, reason=state.status_reason)
     # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).

@@ -102,6 +102,9 @@ async def test_a_dead_token_fails_its_first_read_with_validation_error(world):
     assert body["status_of_account"] == "validation_error" and grant["access_token"] not in str(body)
     state = await load_existing_account(world.uow, account_id)
     assert state.status == "validation_error" and "invalid_grant" in state.status_reason
+    status, body = await world.read(account_id)  # later reads say so too, without checking again
+    assert status == 409 and body["type"].endswith("validation-error")
+    assert world.sim.counter("userinfo_requests") == 1
 
 
 async def test_an_expired_token_is_refreshed_by_its_first_read(world):
