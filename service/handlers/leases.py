@@ -2,9 +2,8 @@
 
 Taking a lease and reading the account's head (state and current secrets) is one statement; the
 lease is released by the append of the refresh's outcome (its event id is named in the lease, see
-migration 0060), so the common path costs no release statement. Both the lease takes and the
-schedule updates of concurrent refreshes are coalesced into one statement each (service.handlers
-.batching).
+migration 0060), so the common path costs no release statement. The lease takes and schedule
+updates of concurrent refreshes are coalesced into one statement (service.handlers.batching).
 """
 
 import uuid
@@ -16,12 +15,18 @@ import asyncpg
 
 from service.handlers.batching import Batcher
 
-# Rows are locked in account order, so two processes' batches cannot deadlock. A lease is free when
+# One statement for a batch of lease takes and schedule updates (a data-modifying WITH runs whether
+# or not the query reads it). Schedule rows, then lease rows, are locked in account order, so two
+# processes' batches cannot deadlock. A lease is free when
 # it has expired, is this holder's own, or its outcome event has been appended. The head is read in
 # the same snapshot that found the previous outcome appended, so it includes that outcome; its
 # snapshot and latest secret only when the version differs from the one the caller holds parsed.
-_TAKE = """
-WITH wanted AS (
+_BOOKKEEPING = """
+WITH scheduled AS (
+  INSERT INTO refresh_schedule (account_id, due_at, attempt)
+  SELECT * FROM unnest($6::uuid[], $7::timestamptz[], $8::int[]) ORDER BY 1
+  ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt
+), wanted AS (
   SELECT * FROM unnest($1::uuid[], $2::uuid[], $5::int[]) AS w(account_id, outcome_event_id, held_version)
    ORDER BY account_id
 ), taken AS (
@@ -43,13 +48,6 @@ SELECT t.account_id, h.version, h.snapshot_version,
                       ORDER BY version DESC LIMIT 1) s ON true
 """
 
-_SCHEDULE = """
-INSERT INTO refresh_schedule (account_id, due_at, attempt)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[]) ORDER BY 1
-ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt
-"""
-
-
 @dataclass(frozen=True)
 class Lease:
     """A held lease and what was read under it: the head row (None if the account has no stream)."""
@@ -64,13 +62,12 @@ class RefreshLeases:
         self._pool = pool
         self.holder = holder
         self._seconds = float(lease_seconds)
-        self._takes = Batcher(self._send_takes)
-        self._schedules = Batcher(self._send_schedules)
+        self._batches = Batcher(self._send)
 
     async def take(self, account_id: uuid.UUID, outcome_event_id: uuid.UUID, held_version: int = -1) -> Lease | None:
         """The lease, with the head read under it; None when another holder has it. The head's
         snapshot and secret are left out when its version is `held_version`."""
-        row = await self._takes.submit(account_id, (account_id, outcome_event_id, held_version))
+        row = await self._batches.submit(("take", account_id), ("take", account_id, outcome_event_id, held_version))
         if row is None:
             return None
         return Lease(account_id, outcome_event_id, row if row["version"] is not None else None)
@@ -82,13 +79,14 @@ class RefreshLeases:
             lease.account_id, self.holder, lease.outcome_event_id)
 
     async def schedule(self, account_id: uuid.UUID, due_at: datetime, attempt: int = 0) -> None:
-        await self._schedules.submit(account_id, (account_id, due_at, attempt))
+        await self._batches.submit(("schedule", account_id), ("schedule", account_id, due_at, attempt))
 
-    async def _send_takes(self, items: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, Any]:
-        rows = await self._pool.fetch(_TAKE, [i[0] for i in items], [i[1] for i in items], self.holder, self._seconds,
-                                      [i[2] for i in items])
-        return {row["account_id"]: row for row in rows}
-
-    async def _send_schedules(self, items: list[tuple[uuid.UUID, datetime, int]]) -> dict:
-        await self._pool.execute(_SCHEDULE, *(list(column) for column in zip(*items)))
-        return {}
+    async def _send(self, items: list[tuple]) -> dict[tuple[str, uuid.UUID], Any]:
+        takes = [item[1:] for item in items if item[0] == "take"]
+        schedules = [item[1:] for item in items if item[0] == "schedule"]
+        rows = await self._pool.fetch(
+            _BOOKKEEPING, [t[0] for t in takes], [t[1] for t in takes], self.holder, self._seconds,
+            [t[2] for t in takes], [s[0] for s in schedules], [s[1] for s in schedules], [s[2] for s in schedules])
+        results: dict[tuple[str, uuid.UUID], Any] = {("take", row["account_id"]): row for row in rows}
+        results.update({("schedule", s[0]): True for s in schedules})
+        return results
