@@ -44,13 +44,20 @@ def token_fields(state: AccountState) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Held:
     version: int
     state: AccountState
     event_id: uuid.UUID
     ciphertext: bytes = field(repr=False)
-    fields: dict[str, Any]
+    _fields: dict[str, Any] | None = None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """Made at the first read (a refresh holds states that may never be read here)."""
+        if self._fields is None:
+            self._fields = token_fields(self.state)
+        return self._fields
 
 
 class TokenReads:
@@ -72,7 +79,7 @@ class TokenReads:
 
     def hold(self, state: AccountState, event_id: uuid.UUID, ciphertext: bytes) -> "_Held":
         """Keep `state` (as of its version) with the ciphertext of its current secrets."""
-        held = _Held(state.version, state, event_id, ciphertext, token_fields(state))
+        held = _Held(state.version, state, event_id, ciphertext)
         if state.account_id not in self._held and len(self._held) >= self._size:
             del self._held[next(iter(self._held))]  # the oldest entry
         self._held[state.account_id] = held
