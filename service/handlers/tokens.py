@@ -219,17 +219,28 @@ class Refresher:
 
         # The new tokens must be persisted whatever else happened to the stream meanwhile: a rotated
         # refresh token exists nowhere else. So on a version conflict, decide again and re-append.
-        new_state, events = await decide_and_append(
+        append = decide_and_append(
             uow, stream, load=lambda: load_existing_account(uow, account_id),
             decide=lambda state, now: account_domain.decide(state, command, now, fingerprints=fingerprints),
             evolve=account_domain.evolve, encode=encode, initial=state,
         )
+        # A successful refresh leaves the account active with the new expiry, so its next due time
+        # is known now: written beside the append rather than after it (one wait instead of two).
+        # Written and the append failed, it only brings the worker back early, to find out.
+        due = next_due(state.model_copy(update={"status": "active", "expires_at": tokens.expires_at}), uow.clock())
+        if due is None:
+            new_state, events = await append
+        else:
+            appended, scheduled = await asyncio.gather(
+                append, self.leases.schedule(account_id, due), return_exceptions=True)
+            if isinstance(appended, BaseException):
+                raise appended
+            new_state, events = appended
+            if isinstance(scheduled, Exception):
+                log.warning("the next refresh of %s could not be scheduled: %s", account_id, type(scheduled).__name__)
         outcome.appended = bool(events)
         if events:
             self.token_reads.hold(new_state, sealed["event_id"], sealed["ciphertext"])
-        due = next_due(new_state, uow.clock())
-        if due is not None:
-            await self.leases.schedule(account_id, due)
         return new_state
 
     async def _record_failure(self, state: AccountState, error: OAuthError, outcome: "_Outcome") -> AccountState:
