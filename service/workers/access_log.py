@@ -1,10 +1,12 @@
 """Token reads are audited without an append on the hot path: each read is counted in memory per
 (API key, account, time bucket), and a flusher appends one CredentialsAccessed event per group
-every few seconds. A crash loses at most the reads of the last interval from the audit trail (the
-reads themselves changed nothing)."""
+every few seconds, paced so that a closed bucket's tallies go out over the next bucket's time. A
+crash loses at most the reads of the last two buckets from the audit trail (the reads themselves
+changed nothing)."""
 
 import asyncio
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +21,8 @@ from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork
 
 log = logging.getLogger("linkledger.access")
+
+PACED_MINIMUM = 64  # tallies a paced flush writes at least, so small backlogs go at once
 
 
 @dataclass
@@ -47,16 +51,21 @@ class AccessRecorder:
     def pending(self) -> int:
         return len(self._tallies)
 
-    async def flush(self, *, everything: bool = False) -> int:
+    async def flush(self, *, everything: bool = False, paced_over: float | None = None) -> int:
         """Append the tallies of closed buckets (all of them with everything=True, at shutdown), so
-        each key, account and bucket gets one event; returns how many events were written."""
+        each key, account and bucket gets one event; returns how many events were written.
+
+        paced_over: the seconds until the next flush. Then only the oldest share of the closed
+        tallies is written, so that a bucket's tallies go out over the next bucket's time rather
+        than in one burst when it closes (a burst of thousands of appends would hold token reads up)."""
         if everything:
             tallies, self._tallies = self._tallies, {}
         else:
             current = int(self._uow.clock().timestamp()) // self._bucket
-            tallies = {k: v for k, v in self._tallies.items() if k[2] < current}
-            for key in tallies:
-                del self._tallies[key]
+            closed = sorted((k for k in self._tallies if k[2] < current), key=lambda k: k[2])
+            if paced_over is not None:
+                closed = closed[:max(PACED_MINIMUM, math.ceil(len(closed) * paced_over / self._bucket))]
+            tallies = {k: self._tallies.pop(k) for k in closed}
         states = await self._load_states({account_id for _, account_id, _ in tallies})
         # Appends of different streams are group-committed by the store (one statement per batch,
         # two at most in flight), so this takes few connections whatever the concurrency.
@@ -110,7 +119,7 @@ async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0) ->
         while True:
             await asyncio.sleep(interval)
             if recorder.pending:
-                await recorder.flush()
+                await recorder.flush(paced_over=interval)
     finally:
         if recorder.pending:  # on shutdown: write what was counted
             await asyncio.shield(recorder.flush(everything=True))
