@@ -72,12 +72,14 @@ clock = time.monotonic  # replaceable by tests
 
 async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
     """The key a bearer secret belongs to, or None (unknown, malformed or revoked)."""
-    if not secret or _public_id(secret) is None:
+    if not secret:
         return None
     digest = _hash(secret)
     cached = _cache.get(digest)
     if cached is not None and cached[1] > clock():
-        return cached[0]
+        return cached[0]  # only well-formed keys are ever cached
+    if _public_id(secret) is None:
+        return None
     row = await pool.fetchrow(
         "SELECT key_id, role, environments, name FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
         digest,

@@ -194,7 +194,7 @@ async def get_token(request: web.Request) -> web.Response:
     if state.status == "needs_reauth":
         return problem(409, "Conflict", f"the account needs re-authentication ({state.status_reason or 'unknown'})",
                        type_="needs-reauth", status_of_account=state.status, reason=state.status_reason)
-    if state.expires_at is not None and state.expires_at <= uow.clock():
+    if state.expires_at is not None and state.expires_at <= uow.clock():  # now again: a refresh takes time
         response = problem(503, "Service Unavailable", "the access token has expired and the provider could not "
                            "refresh it yet; linkledger keeps retrying", type_="provider-unavailable",
                            status_of_account=state.status)
