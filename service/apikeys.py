@@ -67,16 +67,19 @@ async def create_key(
 CACHE_SECONDS = 10.0
 _CACHE_SIZE = 10_000
 _cache: dict[bytes, tuple[ApiKey, float]] = {}
+clock = time.monotonic  # replaceable by tests
 
 
 async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
     """The key a bearer secret belongs to, or None (unknown, malformed or revoked)."""
-    if not secret or _public_id(secret) is None:
+    if not secret:
         return None
     digest = _hash(secret)
     cached = _cache.get(digest)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
+    if cached is not None and cached[1] > clock():
+        return cached[0]  # only well-formed keys are ever cached
+    if _public_id(secret) is None:
+        return None
     row = await pool.fetchrow(
         "SELECT key_id, role, environments, name FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
         digest,
@@ -87,7 +90,7 @@ async def authenticate(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
     key = ApiKey(row["key_id"], row["role"], tuple(row["environments"]), row["name"])
     if len(_cache) >= _CACHE_SIZE:
         _cache.clear()
-    _cache[digest] = (key, time.monotonic() + CACHE_SECONDS)
+    _cache[digest] = (key, clock() + CACHE_SECONDS)
     return key
 
 

@@ -10,7 +10,7 @@ What it checks, from the events table and the provider simulator's counters:
 * both worker processes did part of the work: each worker process acts as its own actor
   (`system:worker-N`, via UnitOfWork.acting_as), and every event records its actor, so the
   TokenRefreshed events are counted per process (the Refresher's lease `holder` is not recorded
-  in any event and the lease row is deleted after the refresh, so it cannot serve);
+  in any event and the lease row is taken over by the next refresh, so it cannot serve);
 * no account is refreshed twice: exactly one TokenRefreshed per account stream, and the
   simulator's per-grant successful refresh count is 1 for every grant.
 

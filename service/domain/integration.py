@@ -13,6 +13,12 @@ from service.domain.commands import AuthenticationMethod, ConfigureIntegration, 
 from service.domain.errors import DomainError, InvalidConfiguration, UnknownIntegration
 
 
+# When an imported account's health check runs: at once (the refresh worker), or at its first token
+# read (so imported tokens stay untouched, not even refreshed, until someone uses the account).
+HEALTH_CHECK_AT_IMPORT, HEALTH_CHECK_AT_FIRST_USE = "import", "first_use"
+HEALTH_CHECK_WHEN = (HEALTH_CHECK_AT_IMPORT, HEALTH_CHECK_AT_FIRST_USE)
+
+
 class IntegrationState(BaseModel):
     """An integration as folded from its stream; also the stream-head snapshot."""
 
@@ -37,6 +43,10 @@ class IntegrationState(BaseModel):
 
     def allows(self, method: str) -> bool:
         return self.configured and method in self.authentication_methods
+
+
+def health_check_at_first_use(state: "IntegrationState") -> bool:
+    return bool(state.health_check) and state.health_check.get("when") == HEALTH_CHECK_AT_FIRST_USE
 
 
 def _check_target(state: IntegrationState, environment: str, name: str) -> None:
@@ -68,6 +78,10 @@ def _configure(state: IntegrationState, command: ConfigureIntegration) -> list[E
         canonical_json(command.config, what="config")
     except InvalidEventError as error:
         raise InvalidConfiguration(str(error), field="config") from None
+    when = (command.health_check or {}).get("when", HEALTH_CHECK_AT_IMPORT)
+    if when not in HEALTH_CHECK_WHEN:
+        raise InvalidConfiguration(f"health_check.when must be {' or '.join(HEALTH_CHECK_WHEN)}, not {when!r}",
+                                   field="health_check.when")
     event = IntegrationConfigured(
         environment=command.environment,
         name=command.name,

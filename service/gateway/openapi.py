@@ -286,7 +286,9 @@ def build_openapi() -> dict[str, Any]:
             {"200": _json(ACCOUNT), **_problems(401, 403, 404, 409, 503)}, params=[ACCOUNT_ID])},
         "/v1/accounts/{id}/token": {"get": _op(
             "A usable credential for the account, with its non-secret context; refreshed first when it "
-            "expires within 30 s. 409 when the account needs re-authentication.", ["service", "admin"],
+            "expires within 30 s. 409 when the account needs re-authentication. An account of an integration "
+            "whose health_check.when is first_use is health-checked by its first read (409 validation-error "
+            "when the check fails).", ["service", "admin"],
             {"200": _json({"type": "object"}), **_problems(401, 403, 404, 409, 410, 503)}, params=[ACCOUNT_ID])},
         **_webhook_paths(),
     }

@@ -13,6 +13,7 @@ from projections import account_fold
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
 from service.domain.errors import UnknownIntegration
+from service.domain.integration import health_check_at_first_use
 from service.domain.identity import account_stream
 from service.gateway.auth import api_key, ensure_environment, requires
 from service.gateway.errors import problem
@@ -20,10 +21,11 @@ from service.gateway.keys import ACCESS_RECORDER, METRICS, POOL, PROJECTION_RUNN
 from service.gateway.views import account_view, stored_account_view
 from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
-    load_existing_account, read_for_token,
+    load_existing_account,
 )
 from service.handlers.import_profiles import PROFILES, parse_import, to_command
-from service.handlers.tokens import validate
+from service.handlers.token_reads import token_fields
+from service.handlers.tokens import ON_DEMAND_MARGIN, needs_refresh, validate
 from service.handlers.repositories import load_integration
 
 routes = web.RouteTableDef()
@@ -175,17 +177,29 @@ def parse_instant(text: str, name: str) -> datetime:
 @requires("service", "admin")
 async def get_token(request: web.Request) -> web.Response:
     uow = request.app[UOW]
-    state, secrets = await read_for_token(uow, _account_id(request))
-    if not api_key(request).may_access(state.environment) or state.status == "deleted":
+    refresher = request.app[REFRESHER]
+    key = api_key(request)
+    state, secrets, fields = await refresher.token_reads.read(_account_id(request))
+    if not key.may_access(state.environment) or state.status == "deleted":
         raise AccountNotFound(f"account {state.account_id} does not exist", field="account_id")
+    now = uow.clock()
+    if state.status in ("connecting", "validation_error") and await _checked_at_first_use(request, state):
+        if state.status == "connecting":
+            # The account's first use runs its health check (refreshing first if the token expires soon).
+            state = await refresher.validate(state.account_id)
+            secrets, fields = None, token_fields(state)
+        if state.status == "validation_error":  # until an operator's /validate succeeds or tokens are re-imported
+            return problem(409, "Conflict", f"the account failed its health check ({state.status_reason})",
+                           type_="validation-error", status_of_account=state.status, reason=state.status_reason)
     # A token that expires within 30 s is refreshed first (or the refresh running elsewhere awaited).
-    fresh = await request.app[REFRESHER].ensure_fresh(state.account_id, state=state)
-    if fresh is not state:
-        state, secrets = fresh, None
+    if needs_refresh(state, now, ON_DEMAND_MARGIN):
+        fresh = await refresher.ensure_fresh(state.account_id, state=state)
+        if fresh is not state:
+            state, secrets, fields = fresh, None, token_fields(fresh)
     if state.status == "needs_reauth":
         return problem(409, "Conflict", f"the account needs re-authentication ({state.status_reason or 'unknown'})",
                        type_="needs-reauth", status_of_account=state.status, reason=state.status_reason)
-    if state.expires_at is not None and state.expires_at <= uow.clock():
+    if state.expires_at is not None and state.expires_at <= uow.clock():  # now again: a refresh takes time
         response = problem(503, "Service Unavailable", "the access token has expired and the provider could not "
                            "refresh it yet; linkledger keeps retrying", type_="provider-unavailable",
                            status_of_account=state.status)
@@ -193,17 +207,21 @@ async def get_token(request: web.Request) -> web.Response:
         return response
     if secrets is None:
         secrets = await current_credentials(uow, state.account_id)
-    body = {
-        "account_id": str(state.account_id),
-        "authentication_method": state.authentication_method,
-        "token_type": state.token_type,
-        "expires_at": format_instant(state.expires_at) if state.expires_at else None,
-        "context": state.context,
-        "status": state.status,
-    }
-    body.update({k: v for k, v in secrets.items() if k in ("access_token", "api_key", "username", "password")})
-    request.app[ACCESS_RECORDER].record(api_key(request).key_id, state.account_id, uow.clock())
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    body = dict(fields)
+    for name in _TOKEN_SECRETS:
+        if name in secrets:
+            body[name] = secrets[name]
+    request.app[ACCESS_RECORDER].record(key.key_id, state.account_id, now)
+    return web.Response(text=json.dumps(body), content_type="application/json", headers=_NO_STORE)
+
+
+async def _checked_at_first_use(request: web.Request, state: AccountState) -> bool:
+    integration = await load_integration(request.app[UOW].store, state.environment, state.integration)
+    return health_check_at_first_use(integration)
+
+
+_TOKEN_SECRETS = ("access_token", "api_key", "username", "password")
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 @routes.delete("/v1/accounts/{id}")

@@ -23,7 +23,9 @@ from service.domain import integration as integration_domain
 from service.domain.account import AccountState
 from service.domain.commands import Credentials, RecordRefreshFailure, RecordTokenRefresh, RecordValidation
 from service.domain.identity import account_stream, integration_stream
-from service.handlers.accounts import current_credentials, load_existing_account, read_for_token, schedule_accounts
+from service.handlers.accounts import AccountNotFound, current_credentials, load_existing_account, schedule_accounts
+from service.handlers.leases import Lease, RefreshLeases
+from service.handlers.token_reads import TokenReads
 from service.handlers.repositories import load_integration
 from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork
@@ -38,6 +40,14 @@ LEASE_SECONDS = 30  # real seconds: longer than a provider call (its timeout) pl
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 15 * 60.0
 CONFIG_SECONDS = 30.0  # how long a process reuses an integration's decrypted OAuth client
 SLOW_RETRY = 30 * 60.0  # accounts in needs_reauth (refresh_unavailable) keep being tried, slowly
+
+
+@dataclass
+class _Outcome:
+    """The event id a refresh's outcome gets, and whether it was appended (releasing the lease)."""
+
+    event_id: uuid.UUID
+    appended: bool = False
 
 
 class RefreshInProgress(Exception):
@@ -55,8 +65,14 @@ class Refresher:
     uow: UnitOfWork
     oauth: OAuthClient
     holder: str = field(default_factory=lambda: f"proc-{uuid.uuid4().hex[:12]}")
-    _in_flight: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict)
-    _configs: dict[tuple[str, str], tuple[OAuthClientConfig, float]] = field(default_factory=dict)
+    _in_flight: dict[uuid.UUID | tuple[str, uuid.UUID], asyncio.Task] = field(default_factory=dict)
+    _configs: dict[tuple[str, str], tuple[asyncio.Future, float]] = field(default_factory=dict)
+    leases: RefreshLeases = field(init=False)
+    token_reads: TokenReads = field(init=False)  # the token read path's per-account cache, this process's
+
+    def __post_init__(self) -> None:
+        self.leases = RefreshLeases(self.uow.pool, self.holder, LEASE_SECONDS)
+        self.token_reads = TokenReads(self.uow)
 
     async def refresh(self, account_id: uuid.UUID, *, if_expiring_within: timedelta | None = None) -> AccountState:
         """Refresh now (or join the refresh already running in this process).
@@ -74,15 +90,33 @@ class Refresher:
             task.add_done_callback(lambda _: self._in_flight.pop(account_id, None))
         return await asyncio.shield(task)
 
-    async def _config(self, environment: str, integration: str) -> OAuthClientConfig:
-        """The integration's client, cached briefly: a changed client takes effect within CONFIG_SECONDS."""
+    async def client_config(self, environment: str, integration: str) -> OAuthClientConfig:
+        """The integration's client, cached briefly: a changed client takes effect within CONFIG_SECONDS.
+        Concurrent misses share one load."""
         key = (environment, integration)
+        loop = asyncio.get_running_loop()
         cached = self._configs.get(key)
-        if cached is not None and cached[1] > asyncio.get_running_loop().time():
-            return cached[0]
-        config = await oauth_config(self.uow, environment, integration)
-        self._configs[key] = (config, asyncio.get_running_loop().time() + CONFIG_SECONDS)
-        return config
+        if cached is not None and cached[1] > loop.time():
+            return await cached[0]
+        loading = asyncio.ensure_future(oauth_config(self.uow, environment, integration))
+        self._configs[key] = (loading, loop.time() + CONFIG_SECONDS)
+        try:
+            return await asyncio.shield(loading)
+        except Exception:
+            self._configs.pop(key, None)  # a failed load is not cached
+            raise
+
+    async def validate(self, account_id: uuid.UUID) -> AccountState:
+        """The health check (module-level validate), shared by concurrent callers in this process
+        (many first reads of one account run it once) and, like a refresh, not cut short by a
+        caller's cancellation."""
+        key = ("validate", account_id)
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.create_task(validate(self, account_id))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(task)
 
     async def drain(self, timeout: float) -> None:
         """Let the refreshes in flight finish (at shutdown), so none is cut in half."""
@@ -98,7 +132,7 @@ class Refresher:
         while True:
             if state is None:
                 state = await load_existing_account(self.uow, account_id)
-            if not _needs_refresh(state, self.uow.clock(), margin):
+            if not needs_refresh(state, self.uow.clock(), margin):
                 return state
             try:
                 return await self.refresh(account_id, if_expiring_within=margin)
@@ -109,26 +143,33 @@ class Refresher:
             state = None
 
     async def _refresh_under_lease(self, account_id: uuid.UUID, if_expiring_within: timedelta | None) -> AccountState:
-        pool = self.uow.pool
         # Lease time is the database's real time, not the domain clock (which tests may run fast):
-        # the work under a lease takes real seconds.
-        taken = await pool.fetchval(
-            "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))"
-            " ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE refresh_leases.expires_at < now() OR refresh_leases.holder = excluded.holder RETURNING holder",
-            account_id, self.holder, float(LEASE_SECONDS),
-        )
-        if taken is None:
+        # the work under a lease takes real seconds. The outcome's event id is fixed now: its append
+        # releases the lease.
+        lease = await self.leases.take(account_id, uuid7(), self.token_reads.held_version(account_id))
+        if lease is None:
             raise RefreshInProgress(str(account_id))
+        outcome = _Outcome(lease.outcome_event_id)
         try:
-            state, secrets = await read_for_token(self.uow, account_id)
-            if if_expiring_within is not None and not _needs_refresh(state, self.uow.clock(), if_expiring_within):
+            state, secrets = await self._read_under_lease(lease)
+            if if_expiring_within is not None and not needs_refresh(state, self.uow.clock(), if_expiring_within):
                 return state  # refreshed meanwhile by the lease's previous holder
-            return await self._refresh_once(state, secrets)
+            return await self._refresh_once(state, secrets, outcome)
         finally:
-            await pool.execute("DELETE FROM refresh_leases WHERE account_id = $1 AND holder = $2", account_id, self.holder)
+            if not outcome.appended:
+                await self.leases.release(lease)
 
-    async def _refresh_once(self, state: AccountState, secrets: dict | None) -> AccountState:
+    async def _read_under_lease(self, lease: Lease) -> tuple[AccountState, dict | None]:
+        """The account and its current secrets as read with the lease; secrets None when the head
+        snapshot is behind (the caller then reads them the ordinary way)."""
+        if lease.head is None:
+            raise AccountNotFound(f"account {lease.account_id} does not exist", field="account_id")
+        held = self.token_reads.hold_row(lease.account_id, lease.head)
+        if held is None:
+            return await load_existing_account(self.uow, lease.account_id), None
+        return held.state, await self.token_reads.secrets(held)
+
+    async def _refresh_once(self, state: AccountState, secrets: dict | None, outcome: "_Outcome") -> AccountState:
         uow = self.uow
         account_id = state.account_id
         if state.status in (None, "deleted"):
@@ -140,11 +181,11 @@ class Refresher:
         refresh_token = secrets.get("refresh_token")
         if not refresh_token:
             raise NotRefreshable(f"account {account_id} holds no refresh token")
-        config = await self._config(state.environment, state.integration)
+        config = await self.client_config(state.environment, state.integration)
         try:
             tokens = await self.oauth.refresh(config, refresh_token)
         except OAuthError as error:
-            return await self._record_failure(state, error)
+            return await self._record_failure(state, error, outcome)
         merged = dict(secrets)
         merged["access_token"] = tokens.access_token
         if tokens.refresh_token:
@@ -157,32 +198,52 @@ class Refresher:
         )
         command = RecordTokenRefresh(account_id=account_id, credentials=credentials, expires_at=tokens.expires_at,
                                      scopes=tokens.scopes)
-        fingerprints = uow.fingerprinter.fingerprints(credentials.plaintext())
+        plaintext = credentials.plaintext()
+        fingerprints = uow.fingerprinter.fingerprints(plaintext)
         stream = account_stream(account_id)
         data_key = await uow.data_keys.get(stream)
 
+        sealed: dict[str, object] = {}  # the secret as appended: held for the next read
+
         def encode(events, now):
             out = []
-            for event in events:
+            for index, event in enumerate(events):
+                event_id = outcome.event_id if index == 0 else uuid7()
                 if isinstance(event, TokenRefreshed):
-                    event_id = uuid7()
-                    ciphertext = encrypt(data_key.key, credentials.plaintext(), event_aad(stream, event_id))
+                    ciphertext = encrypt(data_key.key, plaintext, event_aad(stream, event_id))
+                    sealed.update(event_id=event_id, ciphertext=ciphertext)
                     out.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
                 else:
-                    out.append(uow.new_event(event, now))
+                    out.append(uow.new_event(event, now, event_id=event_id))
             return out
 
         # The new tokens must be persisted whatever else happened to the stream meanwhile: a rotated
         # refresh token exists nowhere else. So on a version conflict, decide again and re-append.
-        new_state, _ = await decide_and_append(
+        append = decide_and_append(
             uow, stream, load=lambda: load_existing_account(uow, account_id),
             decide=lambda state, now: account_domain.decide(state, command, now, fingerprints=fingerprints),
             evolve=account_domain.evolve, encode=encode, initial=state,
         )
-        await schedule_after(uow, new_state)
+        # A successful refresh leaves the account active with the new expiry, so its next due time
+        # is known now: written beside the append rather than after it (one wait instead of two).
+        # Written and the append failed, it only brings the worker back early, to find out.
+        due = next_due(state.model_copy(update={"status": "active", "expires_at": tokens.expires_at}), uow.clock())
+        if due is None:
+            new_state, events = await append
+        else:
+            appended, scheduled = await asyncio.gather(
+                append, self.leases.schedule(account_id, due), return_exceptions=True)
+            if isinstance(appended, BaseException):
+                raise appended
+            new_state, events = appended
+            if isinstance(scheduled, Exception):
+                log.warning("the next refresh of %s could not be scheduled: %s", account_id, type(scheduled).__name__)
+        outcome.appended = bool(events)
+        if events:
+            self.token_reads.hold(new_state, sealed["event_id"], sealed["ciphertext"])
         return new_state
 
-    async def _record_failure(self, state: AccountState, error: OAuthError) -> AccountState:
+    async def _record_failure(self, state: AccountState, error: OAuthError, outcome: "_Outcome") -> AccountState:
         uow = self.uow
         attempt = state.consecutive_refresh_failures + 1
         now = uow.clock()
@@ -192,18 +253,24 @@ class Refresher:
             provider_error=error.provider_error, attempt=attempt,
             retry_at=retry_at if error.failure_class in ("transient", "network") else None,
         )
-        new_state, _ = await decide_and_append(
+
+        def encode(events, now):
+            return [uow.new_event(event, now, event_id=outcome.event_id if index == 0 else None)
+                    for index, event in enumerate(events)]
+
+        new_state, events = await decide_and_append(
             uow, account_stream(state.account_id), load=lambda: load_existing_account(uow, state.account_id),
             decide=lambda current, at: account_domain.decide(current, command, at),
-            evolve=account_domain.evolve, initial=state,
+            evolve=account_domain.evolve, encode=encode, initial=state,
         )
+        outcome.appended = bool(events)
         if error.failure_class == "invalid_client":
             await flag_integration(uow, new_state.environment, new_state.integration, error)
         log.info("refresh of %s failed: %s (http %s, attempt %s)", state.account_id, error.failure_class,
                  error.http_status, attempt)
         if error.failure_class in ("transient", "network"):
             due = retry_at if new_state.status != "needs_reauth" else now + timedelta(seconds=SLOW_RETRY)
-            await set_due(uow, state.account_id, due, attempt)
+            await self.leases.schedule(state.account_id, due, attempt)
         elif error.failure_class == "invalid_grant":
             await uow.pool.execute("DELETE FROM refresh_schedule WHERE account_id = $1", state.account_id)
         return new_state
@@ -221,7 +288,7 @@ async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountStat
     url = (integration.health_check or {}).get("url") or (integration.oauth_client or {}).get("userinfo_url")
     ok, reason = True, None
     if url and state.authentication_method == "oauth2":
-        config = await oauth_config(uow, state.environment, state.integration)
+        config = await refresher.client_config(state.environment, state.integration)
         secrets = await current_credentials(uow, account_id)
         try:
             await refresher.oauth.userinfo(config, secrets["access_token"], url)
@@ -240,10 +307,20 @@ async def validate(refresher: "Refresher", account_id: uuid.UUID) -> AccountStat
     return new_state
 
 
-def _needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
+def needs_refresh(state: AccountState, now: datetime, margin: timedelta) -> bool:
     if state.authentication_method != "oauth2" or state.status in ("deleted", "needs_reauth"):
         return False
     return state.expires_at is not None and state.expires_at - now <= margin
+
+
+def next_due(state: AccountState, now: datetime) -> datetime | None:
+    """When the account is next due for the worker (the rule of schedule_accounts, for one account):
+    at once while connecting (its health check), else 60-180 s before its token expires."""
+    if state.status == "connecting":
+        return now
+    if state.status != "deleted" and state.authentication_method == "oauth2" and state.expires_at:
+        return state.expires_at - timedelta(seconds=random.uniform(60, 180))
+    return None
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -284,14 +361,6 @@ async def flag_integration(uow: UnitOfWork, environment: str, integration: str, 
     if events:
         log.warning("integration %s in %s flagged: the OAuth client is refused by the provider (%s)",
                     integration, environment, error.provider_error or error.http_status)
-
-
-async def set_due(uow: UnitOfWork, account_id: uuid.UUID, due_at: datetime, attempt: int = 0) -> None:
-    await uow.pool.execute(
-        "INSERT INTO refresh_schedule (account_id, due_at, attempt) VALUES ($1, $2, $3)"
-        " ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
-        account_id, due_at, attempt,
-    )
 
 
 async def schedule_after(uow: UnitOfWork, state: AccountState) -> None:

@@ -1,15 +1,18 @@
 """Token reads are audited without an append on the hot path: each read is counted in memory per
 (API key, account, time bucket), and a flusher appends one CredentialsAccessed event per group
-every few seconds. A crash loses at most the reads of the last interval from the audit trail (the
-reads themselves changed nothing)."""
+every few seconds, paced so that a closed bucket's tallies go out over the next bucket's time. A
+crash loses at most the reads of the last two buckets from the audit trail (the reads themselves
+changed nothing)."""
 
 import asyncio
 import logging
+import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from service.domain import account as account_domain
+from service.domain.account import AccountState
 from service.domain.commands import RecordCredentialsAccess
 from service.domain.errors import DomainError
 from service.domain.identity import account_stream
@@ -18,6 +21,8 @@ from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork
 
 log = logging.getLogger("linkledger.access")
+
+PACED_MINIMUM = 64  # tallies a paced flush writes at least, so small backlogs go at once
 
 
 @dataclass
@@ -46,21 +51,29 @@ class AccessRecorder:
     def pending(self) -> int:
         return len(self._tallies)
 
-    async def flush(self, *, everything: bool = False) -> int:
+    async def flush(self, *, everything: bool = False, paced_over: float | None = None) -> int:
         """Append the tallies of closed buckets (all of them with everything=True, at shutdown), so
-        each key, account and bucket gets one event; returns how many events were written."""
+        each key, account and bucket gets one event; returns how many events were written.
+
+        paced_over: the seconds until the next flush. Then only the oldest share of the closed
+        tallies is written, so that a bucket's tallies go out over the next bucket's time rather
+        than in one burst when it closes (a burst of thousands of appends would hold token reads up)."""
         if everything:
             tallies, self._tallies = self._tallies, {}
         else:
             current = int(self._uow.clock().timestamp()) // self._bucket
-            tallies = {k: v for k, v in self._tallies.items() if k[2] < current}
-            for key in tallies:
-                del self._tallies[key]
-        gate = asyncio.Semaphore(4)  # a few connections at most: token reads must not queue behind the audit
+            closed = sorted((k for k in self._tallies if k[2] < current), key=lambda k: k[2])
+            if paced_over is not None:
+                closed = closed[:max(PACED_MINIMUM, math.ceil(len(closed) * paced_over / self._bucket))]
+            tallies = {k: self._tallies.pop(k) for k in closed}
+        states = await self._load_states({account_id for _, account_id, _ in tallies})
+        # Appends of different streams are group-committed by the store (one statement per batch,
+        # two at most in flight), so this takes few connections whatever the concurrency.
+        gate = asyncio.Semaphore(64)
 
         async def bounded(key, account_id, tally):
             async with gate:
-                return await self._append(key, account_id, tally)
+                return await self._append(key, account_id, tally, states.get(account_id))
 
         results = await asyncio.gather(*(bounded(key, account_id, tally)
                                          for (key, account_id, _), tally in tallies.items()), return_exceptions=True)
@@ -73,7 +86,20 @@ class AccessRecorder:
                             account_id, type(result).__name__)
         return written
 
-    async def _append(self, key_id: str, account_id: uuid.UUID, tally: _Tally) -> bool:
+    async def _load_states(self, account_ids: set[uuid.UUID]) -> dict[uuid.UUID, AccountState]:
+        """The accounts' states from their head snapshots, in one query (those whose snapshot is
+        behind are left out: their append loads them the ordinary way)."""
+        if not account_ids:
+            return {}
+        rows = await self._uow.pool.fetch(
+            "SELECT snapshot FROM stream_heads WHERE stream_id = ANY($1::text[]) AND snapshot_version = version",
+            [account_stream(account_id) for account_id in account_ids])
+        states = (AccountState.model_validate_json(row["snapshot"]) for row in rows)
+        return {state.account_id: state for state in states}
+
+    async def _append(self, key_id: str, account_id: uuid.UUID, tally: _Tally, state: AccountState | None) -> bool:
+        """One key's reads of one account in one bucket. Several keys' tallies of one account meet
+        a version conflict after the first: decide_and_append then loads and decides again."""
         uow = self._uow
         command = RecordCredentialsAccess(account_id=account_id, accessor=key_id, count=tally.count,
                                           first_at=tally.first_at, last_at=tally.last_at)
@@ -81,6 +107,7 @@ class AccessRecorder:
             _, events = await decide_and_append(
                 uow, account_stream(account_id), load=lambda: load_existing_account(uow, account_id),
                 decide=lambda state, now: account_domain.decide(state, command, now), evolve=account_domain.evolve,
+                initial=state,
             )
         except (AccountNotFound, DomainError):
             return False  # deleted meanwhile: nothing to attach the reads to
@@ -92,7 +119,7 @@ async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0) ->
         while True:
             await asyncio.sleep(interval)
             if recorder.pending:
-                await recorder.flush()
+                await recorder.flush(paced_over=interval)
     finally:
         if recorder.pending:  # on shutdown: write what was counted
             await asyncio.shield(recorder.flush(everything=True))

@@ -49,3 +49,25 @@ async def test_an_open_minute_is_not_written_until_it_closes(gateway):
     assert recorder.pending == 2
     await recorder.flush()  # the closed bucket leaves (its account does not exist: nothing is written)
     assert recorder.pending == 1
+
+
+async def test_a_paced_flush_writes_the_oldest_closed_tallies_first_and_a_share_of_them(gateway):
+    import uuid
+    from datetime import timedelta
+
+    from service.gateway.keys import UOW
+    from service.workers.access_log import PACED_MINIMUM, AccessRecorder
+
+    recorder = AccessRecorder(gateway.client.app[UOW])
+    now = recorder._uow.clock()
+    older = [uuid.uuid4() for _ in range(PACED_MINIMUM)]
+    for account_id in older:
+        recorder.record("key_x", account_id, now - timedelta(minutes=3))
+    for _ in range(PACED_MINIMUM * 2):
+        recorder.record("key_x", uuid.uuid4(), now - timedelta(minutes=2))
+    recorder.record("key_x", uuid.uuid4(), now)  # the open bucket
+    await recorder.flush(paced_over=5.0)  # a twelfth of 192 is below the minimum: 64, the oldest
+    assert recorder.pending == PACED_MINIMUM * 2 + 1
+    assert not any(key[1] in older for key in recorder._tallies)
+    await recorder.flush()  # unpaced: every closed tally
+    assert recorder.pending == 1

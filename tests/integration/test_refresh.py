@@ -12,11 +12,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from events.database import create_pool
 from scripts.simulator import ProviderSimulator
 from service.bootstrap import bootstrap
-from service.domain.commands import ConfigureIntegration, ConfigureOAuthClient, ImportAccount
+from events.envelope import uuid7
+from service.domain.commands import ConfigureIntegration, ConfigureOAuthClient, DeleteAccount, ImportAccount
 from service.gateway.app import create_app
-from service.handlers.accounts import current_credentials, import_account
+from service.handlers.accounts import current_credentials, delete_account, import_account
 from service.handlers.integrations import configure_integration, configure_oauth_client
-from service.handlers.tokens import Refresher
+from service.handlers.leases import RefreshLeases
+from service.handlers.token_reads import TokenReads
+from service.handlers.tokens import LEASE_SECONDS, RefreshInProgress, Refresher
 from service.oauth.client import OAuthClient
 from tests.conftest import Gateway, gateway_settings
 
@@ -184,3 +187,38 @@ async def test_429_with_retry_after_schedules_no_attempt_before_it(world):
     failed = json.loads(await world.pool.fetchval(
         "SELECT data FROM events WHERE stream_id = $1 AND type = 'TokenRefreshFailed'", f"account-{account_id}"))
     assert failed["http_status"] == 429 and failed["failure_class"] == "transient"
+
+
+async def test_a_lease_is_released_by_the_append_of_its_outcome(world):
+    account_id, _ = await world.account("t-lease")
+    other = RefreshLeases(world.pool, "proc-other", LEASE_SECONDS)  # another process's leases
+    lease = await other.take(account_id, uuid7())
+    assert lease is not None
+    before = lease.head["version"]
+    with pytest.raises(RefreshInProgress):
+        await world.refresher.refresh(account_id)
+    assert await world.pool.fetchval("SELECT count(*) FROM refresh_leases_held") == 1
+    await other.release(lease)  # nothing appended: released by deleting it
+    state = await world.refresher.refresh(account_id)
+    # Held by the refresher meanwhile; its TokenRefreshed event (whose id the lease named) released it.
+    assert await world.pool.fetchval("SELECT count(*) FROM refresh_leases") == 1
+    assert await world.pool.fetchval("SELECT count(*) FROM refresh_leases_held") == 0
+    lease = await other.take(account_id, uuid7())
+    assert lease is not None and lease.head["version"] == state.version > before  # read under the new lease
+
+
+async def test_token_reads_follow_changes_made_by_other_processes(world):
+    account_id, grant = await world.account("t-reads")
+    reads = TokenReads(world.uow)
+    state, secrets, fields = await reads.read(account_id)
+    assert secrets["access_token"] == grant["access_token"] and fields["status"] == state.status
+    again = await reads.read(account_id)
+    assert again[0] is state and again[1] == secrets  # unchanged stream: the parsed state is reused
+    elsewhere = Refresher(world.uow, world.refresher.oauth)  # another process refreshes it
+    refreshed = await elsewhere.refresh(account_id)
+    state, secrets, fields = await reads.read(account_id)
+    assert state.version == refreshed.version and secrets["access_token"] != grant["access_token"]
+    assert secrets == await current_credentials(world.uow, account_id)
+    await delete_account(DeleteAccount(account_id=account_id), world.uow)
+    state, secrets, _ = await reads.read(account_id)
+    assert state.status == "deleted" and secrets is None

@@ -46,6 +46,7 @@ ACCOUNTS = 200
 SHORT_TTL = 200  # accelerated s: a refreshed account is due again 20-140 s (2-14 wall s) later
 LONG_TTL = 30 * 86400  # in the clean phase: each account is refreshed once more, then not for long
 KILL_ROUNDS = 6
+KILL_DELIVERY_SLACK = 0.5  # wall s: a request sent just before a SIGKILL may be read this much after it
 CLIENT, SECRET = "ll-client", "ll-secret"
 
 
@@ -173,7 +174,7 @@ async def test_workers_killed_mid_refresh_lose_nothing_but_what_was_in_flight(da
         while True:
             pending = await pool.fetchval("SELECT count(*) FROM refresh_schedule WHERE due_at < $1",
                                           clock() + timedelta(seconds=3600))
-            leases = await pool.fetchval("SELECT count(*) FROM refresh_leases")
+            leases = await pool.fetchval("SELECT count(*) FROM refresh_leases_held")
             if pending == 0 and leases == 0:
                 break
             assert clean.alive, logs()
@@ -216,8 +217,11 @@ async def test_workers_killed_mid_refresh_lose_nothing_but_what_was_in_flight(da
                 assert death is not None, (
                     f"account {account_id}: a rotated refresh token answered to {answer.asker}, which was never "
                     f"killed, is persisted nowhere\n{logs()}")
-                assert answer.asked_at < death, (
-                    f"account {account_id}: {answer.asker} asked {answer.asked_at - death:.2f} s after its SIGKILL")
+                # killed_at is taken just before the signal is sent, and the simulator shares this test's
+                # event loop: a request the worker sent in its last instants is read a moment after
+                # killed_at. A dead worker asks nothing, so anything later than that is a fault.
+                assert answer.asked_at < death + KILL_DELIVERY_SLACK, (
+                    f"account {account_id}: {answer.asker} asked {answer.asked_at - death:.3f} s after its SIGKILL")
                 lost_gaps.append(death - answer.answered_at)
             info = sim.grant_info(grant_id)
             newest = (await current_credentials(uow, account_id))["refresh_token"]

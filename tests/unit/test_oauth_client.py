@@ -7,7 +7,7 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import parse_qsl, quote_plus, unquote_plus
 
 import aiohttp
 import pytest
@@ -44,9 +44,14 @@ def token_body(**extra) -> dict:
 
 
 def sent(mocked: aioresponses, method: str = "POST", url: str = TOKEN_URL):
+    """The last request's keyword arguments; a form body (sent pre-encoded) as the dict it encodes."""
     calls = mocked.requests.get((method, URL(url)))
     assert calls, f"no {method} {url} was made"
-    return calls[-1].kwargs
+    kwargs = dict(calls[-1].kwargs)
+    if isinstance(kwargs.get("data"), bytes):
+        assert kwargs["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+        kwargs["data"] = dict(parse_qsl(kwargs["data"].decode(), keep_blank_values=True, strict_parsing=True))
+    return kwargs
 
 
 def assert_no_secret(text: str) -> None:
