@@ -8,6 +8,8 @@ dicts is what lets a rebuild run at scan speed. Times stay the canonical strings
 from datetime import datetime
 from typing import Any, Iterable
 
+from events.merge_patch import compose_patches, merge_patch
+
 Payload = dict[str, Any]
 
 
@@ -24,30 +26,6 @@ def blank(account_id: str) -> Payload:
 
 def account_id_of(stream_id: str) -> str:
     return stream_id.removeprefix("account-")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON Merge Patch (RFC 7396): objects merge deeply, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def compose_patches(document: Any, patch: Any) -> Any:
-    """An override level's document after a change: `patch` composed on, its nulls kept (each
-    deletes that field of the levels below when the configuration is merged)."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(document) if isinstance(document, dict) else {}
-    for key, value in patch.items():
-        result[key] = compose_patches(result.get(key), value) if isinstance(value, dict) else value
-    return result
 
 
 def evolve(state: Payload, type_: str, data: Payload) -> Payload:

@@ -14,6 +14,7 @@ import hashlib
 from typing import Any, Literal
 
 from events.canonical import canonical_json
+from events.merge_patch import compose_patches, merge_patch
 
 Level = Literal["integration", "environment", "account"]
 
@@ -24,30 +25,6 @@ INTEGRATION_OVERRIDE = "integration_override"
 PER_INTEGRATION = "integrations"
 # Inside an integration's config: the base unified model mappings.
 UNIFIED_MODEL = "unified_model"
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON Merge Patch (RFC 7396): objects merge deeply, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def compose_patches(document: Any, patch: Any) -> Any:
-    """A level's document after a change: `patch` composed onto it, keeping explicit nulls (each
-    deletes that field of the levels below). Objects compose deeply, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(document) if isinstance(document, dict) else {}
-    for key, value in patch.items():
-        result[key] = compose_patches(result.get(key), value) if isinstance(value, dict) else value
-    return result
 
 
 def overridden(document: dict[str, Any], change: Any) -> dict[str, Any]:
