@@ -41,12 +41,17 @@ async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projecti
     this loop folds the current one in Python, `writer` has PostgreSQL build the same page for the
     projections that build inside it (`build_range`)."""
     in_database = [p for p in projections if hasattr(p, "build_range")]
-    sessions = [p.session() for p in projections if not hasattr(p, "build_range")]
+    folded = [p for p in projections if not hasattr(p, "build_range")]
+    sessions = [p.session() for p in folded]
+    # A projection folded alone in Python may bring a narrower scan of its own (`scan`: query and extra
+    # arguments, rows starting with tx and position, for its session's `apply_scanned`).
+    narrow = folded[0].scan if len(folded) == 1 and hasattr(folded[0], "scan") else None
+    query, extra = narrow or (READ_AFTER, ())
     after, done = LogPosition.start(), 0
     total = await count_after(reader, after)
 
     def fetch(position: LogPosition) -> asyncio.Task:
-        return asyncio.ensure_future(reader.fetch(READ_AFTER, position.tx, position.position, page))
+        return asyncio.ensure_future(reader.fetch(query, position.tx, position.position, page, *extra))
 
     async def build(start: LogPosition, end: LogPosition) -> None:
         for projection in in_database:
@@ -64,7 +69,9 @@ async def _scan(reader: asyncpg.Connection, writer: asyncpg.Connection, projecti
         if writing is not None:
             await writing
         writing = asyncio.ensure_future(build(start, after))
-        if sessions:
+        if narrow:
+            sessions[0].apply_scanned(rows)
+        elif sessions:
             events = decode_rows(rows)
             for session in sessions:
                 apply = session.apply
