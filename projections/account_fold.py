@@ -11,6 +11,8 @@ from typing import Any, Iterable
 from events.merge_patch import compose_patches, merge_patch
 
 Payload = dict[str, Any]
+# Reads are audited as events but change nothing in the account except its version.
+READS = frozenset({"CredentialsAccessed", "TokensExported"})
 
 
 def blank(account_id: str) -> Payload:
@@ -37,7 +39,7 @@ def evolve_in_place(state: Payload, type_: str, data: Payload) -> Payload:
     """evolve() for a caller that owns `state` (a rebuild's fold): no copy per event."""
     state["version"] += 1
     at = data.get("at")
-    if type_ not in ("CredentialsAccessed", "TokensExported"):  # reads are audited, they change nothing
+    if type_ not in READS:
         state["updated_at"] = at
     if type_ == "AccountConnecting":
         for name in ("environment", "integration", "tenant_id", "external_ref", "authentication_method", "context",

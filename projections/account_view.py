@@ -7,7 +7,18 @@ import asyncpg
 
 from projections import account_fold
 from projections.framework import Tables
-from projections.source import LoggedEvent
+from projections.source import HORIZON, LoggedEvent
+
+# A rebuild's narrow scan for this fold alone: no columns it does not use, and no payload where the
+# fold needs none (other streams' events, reads) — decoding payloads is most of a rebuild's Python time.
+SCAN_AFTER = (
+    "SELECT tx, position, stream_id, type,"
+    " CASE WHEN stream_id LIKE 'account-%' AND type <> ALL($4::text[]) THEN data END"
+    f" FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND tx < {HORIZON}"
+    " ORDER BY tx, position LIMIT $3"
+)
+SCAN_ARGS = (sorted(account_fold.READS),)
+_JSON_SCANNER = json.JSONDecoder().scan_once
 
 COLUMNS = ("stream_id", "account_id", "environment", "integration", "tenant_id", "status", "version", "state")
 
@@ -43,6 +54,26 @@ class AccountViewSession:
         account_fold.evolve_in_place(state, event.type, event.data)  # the session owns its states
         self.touched.add(stream_id)
 
+    def apply_scanned(self, rows: Sequence[asyncpg.Record]) -> None:
+        """apply() over rows of SCAN_AFTER, in order: the same states, at a fraction of the work."""
+        states, touched, evolve = self.states, self.touched, account_fold.evolve_in_place
+        # The C scanner behind json.loads, without its per-call wrappers and whitespace regexes:
+        # stored payloads are canonical JSON (no surrounding whitespace), read whole.
+        scan = _JSON_SCANNER
+        for row in rows:
+            stream_id = row[2]
+            if not stream_id.startswith("account-"):
+                continue
+            state = states.get(stream_id)
+            if state is None:
+                state = states[stream_id] = account_fold.blank(account_fold.account_id_of(stream_id))
+            payload = row[4]
+            if payload is None:
+                state["version"] += 1  # a read: what evolve() would do with it
+            else:
+                evolve(state, row[3], scan(payload, 0)[0])
+            touched.add(stream_id)
+
     async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
         rows = [row_of(s, self.states[s]) for s in self.touched if self.states[s]["status"] is not None]
         self.touched.clear()
@@ -65,6 +96,7 @@ class AccountViewSession:
 class AccountView:
     name = "account_view"
     tables = ("account_view",)
+    scan = (SCAN_AFTER, SCAN_ARGS)  # a rebuild folding only this projection in Python reads this way
 
     def session(self) -> AccountViewSession:
         return AccountViewSession()

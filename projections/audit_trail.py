@@ -126,11 +126,16 @@ class AuditTrail:
     def session(self) -> AuditTrailSession:
         return AuditTrailSession()
 
+    async def build_ordered(self, conn: asyncpg.Connection, tables: Tables, after: LogPosition,
+                            upto: LogPosition) -> None:
+        """Rebuild only, range by range in log order: the scopes the streams begun in (after, upto] name."""
+        await conn.execute(_BUILD_STREAMS.format(streams=tables("audit_trail_streams")),
+                           after.tx, after.position, upto.tx, upto.position)
+
     async def build_range(self, conn: asyncpg.Connection, tables: Tables, after: LogPosition,
                           upto: LogPosition) -> None:
-        """Rebuild only: the rows of the events in (after, upto], every one of them committed."""
-        bounds = (after.tx, after.position, upto.tx, upto.position)
-        async with conn.transaction():
-            await conn.execute(_BUILD_STREAMS.format(streams=tables("audit_trail_streams")), *bounds)
-            await conn.execute(_BUILD_ROWS.format(trail=tables("audit_trail"), streams=tables("audit_trail_streams"),
-                                                  columns=", ".join(COLUMNS)), *bounds, sorted(FAILURES))
+        """Rebuild only, beside other ranges: the rows of the events in (after, upto], every one of them
+        committed, their streams' scopes already built (build_ordered of this range and all before)."""
+        await conn.execute(_BUILD_ROWS.format(trail=tables("audit_trail"), streams=tables("audit_trail_streams"),
+                                              columns=", ".join(COLUMNS)),
+                           after.tx, after.position, upto.tx, upto.position, sorted(FAILURES))

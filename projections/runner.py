@@ -1,10 +1,15 @@
-"""The runner: keeps one projection's live tables current.
+"""The runner: keeps projections' live tables current — one or several, read from the log once.
 
-Each batch is one transaction: take the projection's advisory lock (transaction-scoped, tried, so
-across replicas one runner is active at a time and another takes over at once if it dies), read
-the checkpoint under a row lock, apply the next events below the snapshot horizon, write rows and
-checkpoint together. Reading the checkpoint from its table every batch also follows a rebuild's
-swap: the next batch simply continues from the new tables' checkpoint.
+Each batch is one transaction: take each projection's advisory lock (transaction-scoped, tried, so
+across replicas one runner per projection is active at a time and another takes over at once if it
+dies), read its checkpoint under a row lock, read the next events below the snapshot horizon once,
+and apply to each projection those past its own checkpoint, writing rows and checkpoint together.
+Reading the checkpoints from their tables every batch also follows a rebuild's swap: the next
+batch simply continues from the new tables' checkpoint.
+
+One runner for all projections (what `serve` runs) matters for lag: every runner transaction is
+open while it applies, and an open transaction holds back the snapshot horizon of every reader, so
+separate runners kept delaying each other's view of the log.
 
 It wakes when told (`wake()`, e.g. after a local append) and polls otherwise, so appends from other
 replicas are seen within the poll interval.
@@ -14,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 from collections import deque
+from typing import Sequence
 from datetime import datetime, timezone
 
 import asyncpg
@@ -31,10 +37,11 @@ def lock_key(name: str) -> int:
 
 
 class ProjectionRunner:
-    def __init__(self, pool: asyncpg.Pool, projection: Projection, *, batch_size: int = 1000,
+    def __init__(self, pool: asyncpg.Pool, projections: Projection | Sequence[Projection], *, batch_size: int = 1000,
                  poll_interval: float = 0.1):
         self.pool = pool
-        self.projection = projection
+        self.projections = tuple(projections) if isinstance(projections, (list, tuple)) else (projections,)
+        self.name = ", ".join(p.name for p in self.projections)  # for log lines
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self._wakeup = asyncio.Event()
@@ -64,20 +71,24 @@ class ProjectionRunner:
                 await asyncio.wait_for(self._passed.wait(), remaining)
             except asyncio.TimeoutError:
                 log.warning("projection %s: still behind this process's appends after %.0f s; answering from"
-                            " what it has", self.projection.name, timeout)
+                            " what it has", self.name, timeout)
                 return
 
     async def step(self) -> int:
-        """Apply at most one batch; returns how many events were applied, 0 when caught up or when
-        another replica's runner has the turn, -1 when committed events wait behind the horizon
+        """Apply at most one batch; returns how many events were read and applied, 0 when caught up or
+        when other replicas' runners have the turn, -1 when committed events wait behind the horizon
         (a transaction that began before them is still running)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            # One round trip: the lock is tried first, the checkpoint row read (and locked) only if it was won.
-            won = await conn.fetchrow(f"SELECT tx, position FROM {checkpoint_table(self.projection, LIVE)}"
-                                      " WHERE pg_try_advisory_xact_lock($1) FOR UPDATE", lock_key(self.projection.name))
-            if won is None:
+            won: list[tuple[Projection, LogPosition]] = []
+            for projection in self.projections:
+                # One round trip: the lock is tried first, the checkpoint row read (and locked) only if it was won.
+                row = await conn.fetchrow(f"SELECT tx, position FROM {checkpoint_table(projection, LIVE)}"
+                                          " WHERE pg_try_advisory_xact_lock($1) FOR UPDATE", lock_key(projection.name))
+                if row is not None:
+                    won.append((projection, LogPosition(int(row["tx"]), row["position"])))
+            if not won:
                 return 0
-            after = LogPosition(int(won["tx"]), won["position"])
+            after = min(checkpoint for _, checkpoint in won)
             events = await read_after(conn, after, self.batch_size)
             if not events:
                 self.lag_seconds = 0.0
@@ -85,7 +96,11 @@ class ProjectionRunner:
                     "SELECT EXISTS (SELECT 1 FROM events WHERE (tx, position) > ($1::xid8, $2::bigint))",
                     after.tx, after.position)
                 return -1 if held_back else 0
-            await apply_batch(conn, self.projection, LIVE, events)
+            for projection, checkpoint in won:
+                # Checkpoints differ after a rebuild's swap; each projection takes what lies past its own.
+                pending = events if checkpoint == after else [e for e in events if e.log_position > checkpoint]
+                if pending:
+                    await apply_batch(conn, projection, LIVE, pending)
         now = datetime.now(timezone.utc)
         lags = [(now - e.occurred_at).total_seconds() for e in events]
         self.recent_lags.extend(lags)
@@ -114,11 +129,11 @@ class ProjectionRunner:
                 self._served = started
                 self._passed.set()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
-                log.warning("projection %s: %s; retrying", self.projection.name, exc)
+                log.warning("projection %s: %s; retrying", self.name, exc)
                 await asyncio.sleep(1)
             except Exception:
                 # A bug must not stop the projection for good: it is logged and the batch retried.
-                log.exception("projection %s: batch failed; retrying", self.projection.name)
+                log.exception("projection %s: batch failed; retrying", self.name)
                 await asyncio.sleep(1)
             self._wakeup.clear()
             try:
