@@ -46,6 +46,7 @@ import asyncpg
 
 from events.envelope import LogPosition
 from events.hashing import format_instant
+from events.horizon import HORIZON
 from events.publish import STREAM_NAME, SUBJECT_PREFIX, ensure_stream
 
 log = logging.getLogger("linkledger.relay")
@@ -57,34 +58,9 @@ RELAY_ROLE = "linkledger_relay"
 # Columns named one by one: never `secret` (the relay's role may not read it anyway).
 _READ = (
     "SELECT position, tx, event_id, stream_id, version, type, schema_version, data, occurred_at"
-    " FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND tx < $4::xid8"
+    f" FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND tx < {HORIZON}"
     " ORDER BY tx, position LIMIT $3"
 )
-# The snapshot horizon of *this database* (DESIGN invariant 1, narrowed): the oldest transaction
-# still running in a session of this database, else the snapshot's xmax. Transactions of other
-# databases on the same server cannot write this log, so they do not hold the relay back (they
-# do hold back pg_snapshot_xmin, which is cluster-wide: a CREATE DATABASE elsewhere would stall
-# publication for its whole duration). When any session of this database is hidden from the
-# relay's role (no pg_read_all_stats), it falls back to the cluster-wide xmin. Prepared (two-phase)
-# transactions of this database count as running writers too. Evaluated in a
-# statement of its own, *before* the read: a writer it saw as finished has committed (or
-# aborted) before the read's snapshot is taken.
-_HORIZON = """
-WITH snap AS (SELECT pg_current_snapshot() AS s),
-mine AS (
-  SELECT count(*) FILTER (WHERE query = '<insufficient privilege>') AS hidden,
-         array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL)
-           || coalesce((SELECT array_agg(transaction::text::bigint) FROM pg_prepared_xacts
-                         WHERE database = current_database()), '{}') AS xids
-    FROM pg_stat_activity WHERE datname = current_database()
-)
-SELECT CASE WHEN mine.hidden > 0 THEN pg_snapshot_xmin(snap.s)
-            ELSE coalesce((SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
-                            WHERE (x::text::bigint % 4294967296) = ANY (coalesce(mine.xids, '{}'))),
-                          pg_snapshot_xmax(snap.s))
-       END::text
-  FROM snap, mine
-"""
 _FIRST_EVENTS = "SELECT stream_id, data FROM events WHERE stream_id = ANY ($1::text[]) AND version = 1"
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
@@ -321,8 +297,7 @@ class Relay:
             backoff = 0.0
             while True:
                 self._wake.clear()
-                horizon = await self._horizon()
-                rows = await self._pool.fetch(_READ, cursor.tx, cursor.position, self.batch_size, horizon)
+                rows = await self._pool.fetch(_READ, cursor.tx, cursor.position, self.batch_size)
                 if not rows:
                     self._caught_up.set()
                     if backoff:
@@ -384,10 +359,6 @@ class Relay:
         finally:
             await publisher.close()
             self.stats.oldest_unacked_at = None
-
-    async def _horizon(self) -> int:
-        """The (xid8) transaction id below which every writer of this database has finished."""
-        return int(await self._pool.fetchval(_HORIZON))
 
     async def _messages(self, rows: list[asyncpg.Record]) -> list[Outgoing]:
         # Contexts of account streams not seen yet come from their AccountConnecting event.

@@ -130,8 +130,26 @@ async def _catch_up(conn: asyncpg.Connection, projection: Projection, page: int)
         total += len(events)
 
 
+# Queries and the live runner take the live tables' locks in their own orders, so the swap's
+# exclusive locks can deadlock with them or queue up behind a slow one (every query then waits
+# behind the swap). The swap gives up quickly instead and is tried again: its transaction holds all
+# of it, so a failed attempt leaves both the live and the fresh tables as they were.
+_SWAP_LOCK_TIMEOUT = "2s"
+_SWAP_ATTEMPTS = 20
+
+
+async def _swap_retrying(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
+    for attempt in range(1, _SWAP_ATTEMPTS):
+        try:
+            return await _swap(conn, projection, page)
+        except (asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError):
+            await asyncio.sleep(0.05 * attempt)
+    return await _swap(conn, projection, page)
+
+
 async def _swap(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
     async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'")
         live = ", ".join(LIVE(base) for base in all_tables(projection))
         await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
         caught = await _catch_up(conn, projection, page)
@@ -176,7 +194,7 @@ async def rebuild(dsn: str, projections: Sequence[Projection], *, page: int = 20
                 await conn.execute(f"ANALYZE {FRESH(base)}")
         for projection in projections:
             await _catch_up(conn, projection, page)
-            await _swap(conn, projection, page)
+            await _swap_retrying(conn, projection, page)
         return done
     finally:
         for builder in extra_builders:
