@@ -87,11 +87,15 @@ class Coalescer:
             answers = await self._send_batch([item.payload for item in batch])
         except self._alone_on:
             answers = {}
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            for item in batch:
+                item.done.cancel()
+            raise
+        except Exception as exc:  # each caller meets the batch's error; the queue goes on draining
             for item in batch:
                 if not item.done.done():
                     item.done.set_exception(exc)
-            raise
+            return
         for index, item in enumerate(batch):
             if not item.done.done():
                 if isinstance(answers, dict):

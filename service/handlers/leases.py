@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from service.handlers.batching import Batcher
+from events.batching import Coalescer
 
 # One statement for a batch of lease takes and schedule updates (a data-modifying WITH runs whether
 # or not the query reads it). Schedule rows, then lease rows, are locked in account order, so two
@@ -62,7 +62,7 @@ class RefreshLeases:
         self._pool = pool
         self.holder = holder
         self._seconds = float(lease_seconds)
-        self._batches = Batcher(self._send)
+        self._batches = Coalescer(self._send)
 
     async def take(self, account_id: uuid.UUID, outcome_event_id: uuid.UUID, held_version: int = -1) -> Lease | None:
         """The lease, with the head read under it; None when another holder has it. The head's

@@ -1,10 +1,10 @@
-"""The batcher behind the refresh path's bookkeeping statements (pure asyncio, no I/O)."""
+"""The coalescer behind group commit and the refresh path's bookkeeping statements (pure asyncio, no I/O)."""
 
 import asyncio
 
 import pytest
 
-from service.handlers.batching import Batcher
+from events.batching import Coalescer
 
 
 class Recorder:
@@ -23,7 +23,7 @@ class Recorder:
 
 async def test_a_lone_call_goes_at_once_and_later_ones_share_the_next_batch():
     sent = Recorder()
-    batcher = Batcher(sent.send, max_in_flight=1)
+    batcher = Coalescer(sent.send, max_in_flight=1)
     first = asyncio.create_task(batcher.submit("a", ("a", 1)))
     await asyncio.sleep(0)
     later = [asyncio.create_task(batcher.submit(k, (k, 1))) for k in ("b", "c", "d")]
@@ -36,7 +36,7 @@ async def test_a_lone_call_goes_at_once_and_later_ones_share_the_next_batch():
 async def test_a_second_item_for_a_key_waits_for_a_later_batch():
     sent = Recorder()
     sent.release.set()
-    batcher = Batcher(sent.send, max_in_flight=1)
+    batcher = Coalescer(sent.send, max_in_flight=1)
     results = await asyncio.gather(*(batcher.submit(k, (k, i)) for i, k in enumerate(("x", "x", "y"))))
     assert results == ["done x", "done x", "done y"]
     assert all(len({k for k, _ in batch}) == len(batch) for batch in sent.batches)
@@ -46,7 +46,7 @@ async def test_a_second_item_for_a_key_waits_for_a_later_batch():
 async def test_every_caller_of_a_failed_batch_gets_its_error_and_the_batcher_goes_on():
     sent = Recorder(fail=True)
     sent.release.set()
-    batcher = Batcher(sent.send)
+    batcher = Coalescer(sent.send)
     results = await asyncio.gather(*(batcher.submit(k, (k, 1)) for k in "abc"), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     sent.fail = False
@@ -57,7 +57,7 @@ async def test_a_key_missing_from_the_results_is_none():
     async def send(items):
         return {}
 
-    assert await Batcher(send).submit("a", ("a", 1)) is None
+    assert await Coalescer(send).submit("a", ("a", 1)) is None
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
@@ -72,6 +72,6 @@ async def test_at_most_max_in_flight_batches_are_sent_at_once(in_flight):
         running -= 1
         return {key: key for key, _ in items}
 
-    batcher = Batcher(send, max_in_flight=in_flight)
+    batcher = Coalescer(send, max_in_flight=in_flight)
     assert await asyncio.gather(*(batcher.submit(i, (i, 0)) for i in range(50))) == list(range(50))
     assert peak <= in_flight
