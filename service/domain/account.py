@@ -69,7 +69,7 @@ from service.domain.errors import (
 from service.domain.identity import account_id_for
 from service.domain.integration import IntegrationState
 from service.domain.overrides import compose_patches, merge_patch, overridden
-from service.domain.secret_names import names_a_secret
+from service.domain.secret_names import secret_field
 
 Status = Literal["connecting", "active", "post_install_error", "validation_error", "needs_reauth", "deleted"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -389,19 +389,8 @@ def _check_context(context: dict[str, Any], path: str = "context") -> None:
         canonical_json(context, what=path)
     except InvalidEventError as error:
         raise InvalidContext(str(error), field=path) from None
-    _find_secrets(context, path)
-
-
-def _find_secrets(value: Any, path: str) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}"
-            if names_a_secret(key) and item not in (None, ""):
-                raise InvalidContext("secret values belong in the credentials, not in the context", field=here)
-            _find_secrets(item, here)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _find_secrets(item, f"{path}[{index}]")
+    if (field := secret_field(context, path)) is not None:
+        raise InvalidContext("secret values belong in the credentials, not in the context", field=field)
 
 
 def _require_fingerprints(fingerprints: dict[str, str] | None, credentials: Credentials) -> dict[str, str]:

@@ -32,7 +32,7 @@ from service.domain.overrides import (
     merge_patch,
     removed_method_fields,
 )
-from service.domain.secret_names import names_a_secret
+from service.domain.secret_names import secret_field
 from service.handlers.accounts import AccountNotFound, load_existing_account
 from service.handlers.commit import decide_and_append
 from service.handlers.repositories import load_integration
@@ -57,21 +57,10 @@ def check_patch(patch: dict[str, Any], path: str = "") -> None:
         canonical_json(patch, what=path or "body")
     except InvalidEventError as error:
         raise InvalidConfiguration(str(error), field=path or None) from None
-    _refuse_secrets(patch, path)
+    # Overrides are stored in clear: a secret-named value there would leak into the log and NATS.
+    if (field := secret_field(patch, path)) is not None:
+        raise InvalidConfiguration("secret values belong in the credentials, not in an override", field=field)
     validate_mappings(patch, path)
-
-
-def _refuse_secrets(value: Any, path: str) -> None:
-    """Overrides are stored in clear: a secret-named value there would leak into the log and NATS."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else key
-            if names_a_secret(key) and item not in (None, ""):
-                raise InvalidConfiguration("secret values belong in the credentials, not in an override", field=here)
-            _refuse_secrets(item, here)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_secrets(item, f"{path}[{index}]")
 
 
 async def load_environment(store: PostgresEventStore, environment: str) -> EnvironmentState:
