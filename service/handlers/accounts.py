@@ -265,25 +265,6 @@ async def _write_schedule(pool: asyncpg.Pool, due: list[tuple[uuid.UUID, datetim
     return [True] * len(due)
 
 
-async def read_for_token(uow: UnitOfWork, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None]:
-    """The account and its current secrets in one query (the token read's hot path). The secrets
-    are None when the head snapshot is behind (the caller then loads the ordinary way)."""
-    stream = account_stream(account_id)
-    row = await uow.pool.fetchrow(
-        "SELECT h.version, h.snapshot, h.snapshot_version, e.event_id, e.secret FROM stream_heads h"
-        " LEFT JOIN LATERAL (SELECT event_id, secret FROM events WHERE stream_id = h.stream_id AND secret IS NOT NULL"
-        "  ORDER BY version DESC LIMIT 1) e ON true WHERE h.stream_id = $1", stream)
-    if row is None:
-        raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
-    if row["snapshot"] is None or row["snapshot_version"] != row["version"] or row["secret"] is None:
-        return await load_existing_account(uow, account_id), None
-    state = AccountState.model_validate_json(row["snapshot"])
-    if state.status == "deleted":
-        return state, None  # its key is shredded: nothing to decrypt
-    data_key = await uow.data_keys.get(stream)
-    return state, decrypt(data_key.key, bytes(row["secret"]), event_aad(stream, row["event_id"]))
-
-
 async def current_credentials(uow: UnitOfWork, account_id: uuid.UUID) -> dict[str, Any]:
     """The account's current secrets: those of the latest event that carries any."""
     stream = account_stream(account_id)
