@@ -24,10 +24,11 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event about to be appended. `data` is secret-free; `secret` is already ciphertext."""
+    """An event about to be appended. `data` is secret-free (a JSON object, or its canonical text);
+    `secret` is already ciphertext."""
 
     type: str
-    data: dict[str, Any]
+    data: dict[str, Any] | str
     schema_version: int = 1
     event_id: uuid.UUID = field(default_factory=uuid7)
     occurred_at: datetime = field(default_factory=utcnow)

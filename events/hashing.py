@@ -15,13 +15,24 @@ from json.encoder import encode_basestring as _text  # JSON string literal, C sp
 GENESIS_HASH = bytes(32)
 
 
+# The same few instants are formatted over and over (a command's `now` lands in every event's
+# header and payload and in the snapshot), and isoformat costs microseconds each time.
+_FORMATTED: dict[datetime, str] = {}
+
+
 def format_instant(instant: datetime) -> str:
     """Microsecond ISO-8601 UTC, the precision PostgreSQL's timestamptz keeps."""
+    text = _FORMATTED.get(instant)  # aware instants are equal (and hash alike) across time zones
+    if text is not None:
+        return text
     if instant.tzinfo is None:
         raise ValueError("instants must be timezone-aware")
-    if instant.tzinfo is not timezone.utc:
-        instant = instant.astimezone(timezone.utc)
-    return instant.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
+    utc = instant if instant.tzinfo is timezone.utc else instant.astimezone(timezone.utc)
+    text = utc.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
+    if len(_FORMATTED) >= 4096:
+        _FORMATTED.clear()
+    _FORMATTED[instant] = text
+    return text
 
 
 def header_bytes(

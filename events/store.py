@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import asyncpg
 
 from events.batching import Coalescer
-from events.canonical import MAX_PAYLOAD_BYTES, canonical_json
+from events.canonical import MAX_PAYLOAD_BYTES, CanonicalJson, canonical_json
 from events.envelope import LogPosition, NewEvent, RecordedEvent
 from events.errors import (
     AppendOrderError,
@@ -168,8 +168,10 @@ class Companion:
     `columns` ((name, SQL type) pairs); `values` is this stream's row. A `gate` companion is
     written first and must return the stream_id of each row it wrote (`RETURNING ... AS
     stream_id`): a stream it writes no row for is not created (e.g. the data key its secrets are
-    encrypted under, when the owner has a key already). Other companions are written only for the
-    streams created.
+    encrypted under, when the owner has a key already). A gate may also be a plain SELECT that
+    writes nothing (e.g. a check that another stream is still at the version a decision was made
+    on). Gates run in the order given, each seeing only the streams the earlier ones admitted.
+    Other companions are written only for the streams created.
     """
 
     insert: str
@@ -185,6 +187,7 @@ class Companion:
 def _creation_sql(kinds: tuple[tuple, ...]) -> str:
     """The stream-creation statement with these kinds of companions."""
     gates, filters, followers = [], [], []
+    gates_so_far: list[int] = []
     parameter = _CREATE_PARAMETERS
     for index, (insert, columns, gate) in enumerate(kinds):
         arrays = [f"${parameter + 1}::text[]"] + [f"${parameter + 2 + i}::{kind}[]" for i, (_, kind) in enumerate(columns)]
@@ -192,8 +195,12 @@ def _creation_sql(kinds: tuple[tuple, ...]) -> str:
         names = ", ".join(["stream_id", *(name for name, _ in columns)])
         rows = f"(SELECT * FROM unnest({', '.join(arrays)}) AS c({names})"
         if gate:
+            if gates_so_far:
+                rows += " WHERE " + " AND ".join(f"c.stream_id IN (SELECT stream_id FROM companion{earlier})"
+                                                 for earlier in gates_so_far)
             gates.append(f"companion{index} AS ({insert.format(rows=rows + ') AS rows')}),\n")
             filters.append(f"h.stream_id IN (SELECT stream_id FROM companion{index})")
+            gates_so_far.append(index)
         else:
             rows += " WHERE c.stream_id IN (SELECT stream_id FROM heads)) AS rows"
             followers.append(f", companion{index} AS ({insert.format(rows=rows)})")
@@ -401,7 +408,9 @@ class PostgresEventStore:
                 raise InvalidEventError(f"{event.type}: occurred_at must be timezone-aware")
             if event.secret is not None and len(event.secret) > MAX_PAYLOAD_BYTES:
                 raise InvalidEventError(f"{event.type}: secret is larger than {MAX_PAYLOAD_BYTES} bytes")
-            data = canonical_json(event.data, what=f"{event.type}.data")
+            data = event.data
+            if type(data) is not CanonicalJson:
+                data = canonical_json(data, what=f"{event.type}.data")
             header = header_bytes(
                 event_id=event.event_id,
                 stream_id=stream_id,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, ClassVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, PlainSerializer, StringConstraints, WithJsonSchema
 
-from events.canonical import canonical_json
+from events.canonical import CanonicalJson, canonical_json, typed_json
 from events.hashing import format_instant
 
 
@@ -84,6 +84,12 @@ def register_upcaster(type: str, from_version: int) -> Callable[[Callable[[dict[
 def encode(event: Event) -> dict[str, Any]:
     """The event's stored payload: JSON types only, times as ISO-8601 UTC strings with "Z"."""
     return event.model_dump(mode="json")
+
+
+def encode_json(event: Event) -> CanonicalJson:
+    """The stored payload as the canonical text the store writes, encoded once: every field is
+    typed and free-form objects were checked when the event was built."""
+    return typed_json(event.model_dump(mode="json"), what=f"{event.type}.data")
 
 
 def event_class(type: str) -> type[Event]:

@@ -112,11 +112,18 @@ class AccountState(BaseModel):
 
     @classmethod
     def blank(cls, account_id: UUID) -> "AccountState":
-        return cls(account_id=account_id)
+        if type(account_id) is not UUID:
+            return cls(account_id=account_id)  # validated (and converted) the long way
+        # A copy of one validated blank: the defaults need no validating again for every account
+        # an import creates. Safe to share its empty containers: states are never changed in place.
+        return _BLANK.model_copy(update={"account_id": account_id})
 
     @property
     def exists(self) -> bool:
         return self.status is not None
+
+
+_BLANK = AccountState(account_id=UUID(int=0))
 
 
 # --------------------------------------------------------------------------- decide

@@ -5,6 +5,7 @@ from two replicas at once, lands on the same stream, and the stream's version ch
 second import an update instead of a second account.
 """
 
+import functools
 import uuid
 
 from service.domain.commands import ImportAccount
@@ -20,7 +21,11 @@ def account_identity(environment: str, integration: str, tenant_id: str, externa
 
 
 def account_id_for(command: ImportAccount) -> uuid.UUID:
-    identity = account_identity(command.environment, command.integration, command.tenant_id, command.external_ref)
+    return _account_id(account_identity(command.environment, command.integration, command.tenant_id, command.external_ref))
+
+
+@functools.lru_cache(maxsize=4096)  # an import asks several times for the same account's id
+def _account_id(identity: str) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, identity)
 
 

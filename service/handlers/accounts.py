@@ -19,7 +19,7 @@ from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount, ExportTokens, ImportAccount
 from service.domain.errors import DomainError
-from service.domain.identity import account_id_for, account_stream
+from service.domain.identity import account_id_for, account_stream, integration_stream
 from service.domain.integration import IntegrationState
 from service.handlers.import_profiles import ParsedRecord, export_record
 from service.handlers.repositories import load_account, load_account_and_integration, load_integration
@@ -78,12 +78,18 @@ async def import_account(
     """Import one account: a new account, newer tokens for a known one, or nothing when unchanged."""
     account_id = account_id_for(cmd)
     stream = account_stream(account_id)
+    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+    if integration is None and stream not in uow.shared.existing_streams:
+        created = await _create_on_held_integration(uow, cmd, account_id, stream, fingerprints)
+        if created is not None:
+            return created
     if integration is None:
         state, integration = await load_account_and_integration(
             uow.store, uow.shared.integrations, account_id, cmd.environment, cmd.integration)
     else:
         state = await load_account(uow.store, account_id)
-    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+    if state.exists:
+        uow.shared.existing_streams.add(stream)
 
     def decide(state: AccountState, now: datetime):
         return account_domain.decide(state, cmd, now, integration=integration, fingerprints=fingerprints)
@@ -128,18 +134,51 @@ _SCHEDULE_WITH_STREAM = (
 _SCHEDULE_COLUMNS = (("account_id", "uuid"), ("due_at", "timestamptz"))
 
 
+# Admits a new account only while its integration's stream is at the version it was decided on.
+_INTEGRATION_AT = (
+    "SELECT rows.stream_id FROM {rows} JOIN stream_heads h"
+    " ON h.stream_id = rows.integration_stream AND h.version = rows.integration_version"
+)
+_INTEGRATION_AT_COLUMNS = (("integration_stream", "text"), ("integration_version", "int"))
+
+
+async def _create_on_held_integration(
+    uow: UnitOfWork, cmd: ImportAccount, account_id: uuid.UUID, stream: str, fingerprints: dict[str, str]
+) -> ImportOutcome | None:
+    """The usual import, of an account not seen before, in one round trip instead of two: decided
+    as a new account on the integration state this process holds, and created only if the account
+    does not exist and the integration is still at that version (checked by the creating
+    statement). None: nothing was written, take the ordinary way."""
+    integration_id = integration_stream(cmd.environment, cmd.integration)
+    integration = uow.shared.integrations.get(integration_id)
+    if integration is None or not integration.configured:
+        return None
+    blank = AccountState.blank(account_id)
+    now = uow.clock()
+    try:
+        events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
+    except DomainError:
+        return None  # refused on the held state: decided again on the current one, to be sure
+    gate = Companion(_INTEGRATION_AT, _INTEGRATION_AT_COLUMNS, (integration_id, integration.version), gate=True)
+    return await _create_account(uow, cmd, stream, blank, now, events, gates=(gate,))
+
+
 async def _create_account(
-    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list
+    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list,
+    gates: tuple[Companion, ...] = (),
 ) -> ImportOutcome | None:
     """A new account in one statement, shared with concurrent ones: its data key, its stream and
-    its refresh schedule, all or nothing. None when its stream or its key exists already."""
+    its refresh schedule, all or nothing. None when its stream or its key exists already, or a
+    gate refused it."""
     data_key, key_row = uow.data_keys.new_key(stream)
     state = account_domain.fold(blank, events)
     stored = await uow.store.create_stream(stream, _to_new_events(uow, stream, events, now, cmd, data_key),
-                                           snapshot=snapshot_json(state), companions=(key_row, _schedule_row(uow, state)))
+                                           snapshot=snapshot_json(state),
+                                           companions=(*gates, key_row, _schedule_row(uow, state)))
     if stored is None:
         return None
     uow.data_keys.created(data_key)
+    uow.shared.existing_streams.add(stream)
     return ImportOutcome(state.account_id, "imported", state)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import asyncpg
 
 from events.batching import Coalescer
-from events.catalog.base import Event, encode
+from events.catalog.base import Event, encode_json
 from events.envelope import NewEvent, uuid7
 from events.store import PostgresEventStore
 from service.crypto.datakeys import DataKeys
@@ -21,6 +21,22 @@ def system_clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class RecentSet:
+    """A bounded set: emptied when full (a hint's worth of memory, not a cache to be exact about)."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._items: set = set()
+
+    def add(self, item) -> None:
+        if len(self._items) >= self._size:
+            self._items.clear()
+        self._items.add(item)
+
+    def __contains__(self, item) -> bool:
+        return item in self._items
+
+
 class Shared:
     """What every copy of a unit of work in a process shares (`acting_as` makes one per request):
     the integration states it has loaded, and the batchers that send concurrent commands' small
@@ -28,6 +44,9 @@ class Shared:
 
     def __init__(self) -> None:
         self.integrations = IntegrationStates()
+        # Streams known to exist (a hint, never trusted for a decision): an import of an account
+        # seen before goes the ordinary way at once instead of first trying to create it.
+        self.existing_streams = RecentSet(8192)
         self._batchers: dict[str, Coalescer] = {}
 
     def batcher(self, name: str, make: Callable[[], Coalescer]) -> Coalescer:
@@ -56,7 +75,7 @@ class UnitOfWork:
         secret: bytes | None = None, key_id: str | None = None,
     ) -> NewEvent:
         return NewEvent(
-            type=event.type, schema_version=event.schema_version, data=encode(event),
+            type=event.type, schema_version=event.schema_version, data=encode_json(event),
             event_id=event_id or uuid7(), occurred_at=now, actor=self.actor,
             correlation_id=self.correlation_id, secret=secret, key_id=key_id,
         )

@@ -41,7 +41,7 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.catalog.environment import WebhookEndpointDisabled
-from events.catalog.base import encode
+from events.catalog.base import encode_json
 from events.envelope import NewEvent
 from events.errors import ConcurrencyError
 from events.store import PostgresEventStore
@@ -333,7 +333,7 @@ class WebhookDispatcher:
         for _ in range(5):
             head = await self._store.head(stream)
             try:
-                await self._store.append(stream, [NewEvent(event.type, encode(event), schema_version=event.schema_version,
+                await self._store.append(stream, [NewEvent(event.type, encode_json(event), schema_version=event.schema_version,
                                                            occurred_at=now, actor="system:webhooks")],
                                          head.version if head else 0)
                 return

@@ -142,3 +142,33 @@ async def test_companion_rows_are_stored_with_their_stream_or_not_at_all(store, 
     assert await create("s-3", 3) is None  # exists: nothing more is written
     assert await owner.fetchval("SELECT count(*) FROM after_rows") == 10
     assert await owner.fetchval("SELECT count(*) FROM events WHERE stream_id = 's-3'") == 2
+
+
+async def test_a_gate_writes_nothing_for_a_stream_an_earlier_gate_refused(store, owner):
+    from events.envelope import NewEvent
+    from events.store import Companion
+
+    await owner.execute("CREATE TABLE allowed (name text PRIMARY KEY); CREATE TABLE keys_written (stream_id text PRIMARY KEY);"
+                        "GRANT SELECT, INSERT ON allowed, keys_written TO linkledger_app;"
+                        "INSERT INTO allowed VALUES ('yes')")
+    check = Companion("SELECT rows.stream_id FROM {rows} JOIN allowed a ON a.name = rows.name", (("name", "text"),), ("",), gate=True)
+    write_sql = "INSERT INTO keys_written (stream_id) SELECT stream_id FROM {rows} ON CONFLICT DO NOTHING RETURNING stream_id"
+
+    async def create(stream_id: str, name: str):
+        return await store.create_stream(stream_id, [NewEvent("Created", {"name": name})], companions=(
+            Companion(check.insert, check.columns, (name,), gate=True), Companion(write_sql, (), (), gate=True)))
+
+    admitted, refused = await asyncio.gather(create("g-admitted", "yes"), create("g-refused", "no"))
+    assert admitted is not None and refused is None
+    assert [r["stream_id"] for r in await owner.fetch("SELECT stream_id FROM keys_written")] == ["g-admitted"]
+    assert await owner.fetchval("SELECT count(*) FROM stream_heads WHERE stream_id = 'g-refused'") == 0
+
+
+async def test_an_account_created_elsewhere_is_imported_here_as_an_update(uows):
+    here, there = uows
+    await import_account(command("elsewhere"), here)  # `here` now holds the integration's state
+    created = await import_account(command("moved", token="at-first"), there)
+    assert created.outcome == "imported"
+    updated = await import_account(command("moved", token="at-newer"), here)
+    assert updated.outcome == "updated" and updated.state.version == created.state.version + 1
+    assert (await current_credentials(here, updated.account_id))["access_token"] == "at-newer"
