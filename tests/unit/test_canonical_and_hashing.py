@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events.canonical import MAX_PAYLOAD_BYTES, canonical_json
+from events.canonical import MAX_PAYLOAD_BYTES, canonical_json, typed_json
 from events.envelope import uuid7
 from events.errors import InvalidEventError
 from events.hashing import GENESIS_HASH, body_hash, chain_hash, format_instant, header_bytes
@@ -361,3 +361,25 @@ def test_uuid7_increases_over_time():
 def test_uuid7_is_unique_within_a_millisecond():
     ids = [uuid7() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
+
+
+_json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | _json_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_json_text, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(_json_text, _json_values, max_size=6))
+def test_canonical_text_is_the_standard_librarys_sorted_compact_utf8_encoding(value):
+    # Stored payloads were hashed over this exact text, whichever encoder produced it.
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == expected
+    assert typed_json(value) == expected
+
+
+@pytest.mark.parametrize("value", [{"a": 1.5}, {"a": [float("nan")]}, {"a": (1, 2)}, {1: "a"}, {"a": {"b": object()}}])
+def test_what_json_cannot_hold_exactly_is_refused(value):
+    with pytest.raises(InvalidEventError):
+        canonical_json(value)
