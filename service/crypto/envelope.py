@@ -8,12 +8,13 @@ Errors never carry plaintext, keys or ciphertext.
 """
 
 import json
-import os
 import uuid
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from events.randomness import random_bytes
 
 VERSION = 0x01
 KEY_BYTES = 32
@@ -57,7 +58,7 @@ def _canonical(plaintext: dict[str, Any]) -> bytes:
 
 def encrypt(data_key: bytes, plaintext: dict[str, Any], aad: bytes) -> bytes:
     key = _check_key(data_key, EnvelopeError)
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = random_bytes(NONCE_BYTES)
     return bytes([VERSION]) + nonce + AESGCM(key).encrypt(nonce, _canonical(plaintext), bytes(aad))
 
 
