@@ -1,6 +1,7 @@
 """What goes into the log (NewEvent) and what comes out of it (RecordedEvent)."""
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -8,13 +9,11 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
-from events.randomness import random_bytes
-
 
 def uuid7() -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 v7): event ids sort roughly by creation time."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(random_bytes(10), "big")
+    rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | ((rand >> 68) & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
     return uuid.UUID(int=value)
 

@@ -13,6 +13,8 @@ another replica stops being served from this one's cache within `cache_ttl` seco
 """
 
 import asyncio
+import os
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,7 +23,6 @@ from typing import Callable, Iterable
 import asyncpg
 
 from events.batching import Coalescer
-from events.randomness import random_bytes
 from events.store import Companion
 from service.crypto.keyring import KEY_BYTES, Keyring, KeyringError, UnwrapError
 
@@ -29,7 +30,7 @@ _ATTEMPTS = 3  # for the (astronomically rare) key_id collision, or a deadlock b
 
 
 def new_key_id() -> str:
-    return "dk_" + random_bytes(8).hex()
+    return "dk_" + secrets.token_hex(8)
 
 
 class DataKeyError(Exception):
@@ -205,7 +206,7 @@ class DataKeys:
         for _ in range(_ATTEMPTS):
             if row is not None:
                 return self._from_row(row, shreds)
-            key, key_id = random_bytes(KEY_BYTES), new_key_id()
+            key, key_id = os.urandom(KEY_BYTES), new_key_id()
             kek_id, wrapped = self._keyring.wrap(key)
             inserted = await self._pool.fetch(_INSERT_MANY, [owner], [key_id], [kek_id], [wrapped])
             if inserted:
@@ -222,7 +223,7 @@ class DataKeys:
         """A fresh key for a stream about to be created, not stored yet: the companion stores it
         with the stream, and gates it (an owner with a key already gets no stream that way; it
         takes the ordinary path, `get_or_create`). Call `created` once the stream is."""
-        key = DataKey(_check_owner(owner), new_key_id(), random_bytes(KEY_BYTES))
+        key = DataKey(_check_owner(owner), new_key_id(), os.urandom(KEY_BYTES))
         kek_id, wrapped = self._keyring.wrap(key.key)
         return key, Companion(_KEY_WITH_STREAM, _KEY_COLUMNS, (key.key_id, kek_id, wrapped), gate=True)
 
@@ -233,7 +234,7 @@ class DataKeys:
     async def _insert_new(self, owners: list[str]) -> dict[str, DataKey]:
         """Fresh keys for the owners that have none; the others are left out."""
         owners = sorted(owners)  # row locks in one order across concurrent batches: no deadlocks
-        made = {owner: DataKey(owner, new_key_id(), random_bytes(KEY_BYTES)) for owner in owners}
+        made = {owner: DataKey(owner, new_key_id(), os.urandom(KEY_BYTES)) for owner in owners}
         wrapped = [self._keyring.wrap(made[owner].key) for owner in owners]
         rows = await self._pool.fetch(
             _INSERT_MANY, owners, [made[owner].key_id for owner in owners], [w[0] for w in wrapped], [w[1] for w in wrapped]
@@ -264,7 +265,7 @@ class DataKeys:
         for attempt in range(_ATTEMPTS):
             if not pending:
                 break
-            made = {owner: (new_key_id(), random_bytes(KEY_BYTES)) for owner in pending}
+            made = {owner: (new_key_id(), os.urandom(KEY_BYTES)) for owner in pending}
             columns: tuple[list, list, list, list] = ([], [], [], [])
             for owner in pending:
                 key_id, key = made[owner]

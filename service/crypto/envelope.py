@@ -8,13 +8,12 @@ Errors never carry plaintext, keys or ciphertext.
 """
 
 import json
+import os
 import uuid
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from events.randomness import random_bytes
 
 VERSION = 0x01
 KEY_BYTES = 32
@@ -58,7 +57,7 @@ def _canonical(plaintext: dict[str, Any]) -> bytes:
 
 def encrypt(data_key: bytes, plaintext: dict[str, Any], aad: bytes) -> bytes:
     key = _check_key(data_key, EnvelopeError)
-    nonce = random_bytes(NONCE_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
     return bytes([VERSION]) + nonce + AESGCM(key).encrypt(nonce, _canonical(plaintext), bytes(aad))
 
 

@@ -10,13 +10,12 @@ Nothing here ever puts key material into an error message or a repr: errors name
 import base64
 import binascii
 import json
+import os
 import re
 from datetime import datetime, timezone
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from events.randomness import random_bytes
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -209,7 +208,7 @@ class Keyring:
         """(primary kek id, nonce || AES-256-GCM ciphertext of data_key), the kek id as associated data."""
         if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != KEY_BYTES:
             raise KeyringError(f"keyring: a data key must be {KEY_BYTES} bytes")
-        nonce = random_bytes(NONCE_BYTES)
+        nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self._keys[self._primary]).encrypt(nonce, bytes(data_key), self._primary.encode())
         return self._primary, nonce + sealed
 
