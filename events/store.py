@@ -232,6 +232,26 @@ def _snapshot_text(snapshot: dict[str, Any] | str | None) -> str | None:
     return json.dumps(snapshot, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class PreparedStream:
+    """A new stream validated, encoded and hashed, ready for create_prepared: the CPU-bound part
+    of creating it, which may be done in another process (it holds no connection)."""
+
+    stream_id: str
+    item: tuple  # (stream_id, rows, snapshot text, companion values), as _create_prepared takes it
+    kinds: tuple  # the companions' kinds
+
+
+def prepare_creation(
+    stream_id: str, events: Sequence[NewEvent], snapshot: dict[str, Any] | str | None = None,
+    companions: Sequence[Companion] = (),
+) -> PreparedStream:
+    """Validate and encode a new stream's events (at versions 1, 2, ...), head snapshot and companions."""
+    item = (stream_id, PostgresEventStore._prepare(stream_id, events, 0), _snapshot_text(snapshot),
+            tuple(companion.values for companion in companions))
+    return PreparedStream(stream_id, item, tuple(companion.kind for companion in companions))
+
+
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
@@ -317,17 +337,16 @@ class PostgresEventStore:
         in one transaction; the streams of one call have companions of the same kinds. Returns each
         stream's results, or None for a stream that already existed or that a gate companion refused
         (nothing of it was written)."""
-        if len({stream[0] for stream in streams}) != len(streams):
+        return await self.create_prepared([prepare_creation(*stream) for stream in streams])
+
+    async def create_prepared(self, streams: Sequence["PreparedStream"]) -> dict[str, list[AppendResult] | None]:
+        """create_streams for streams `prepare_creation` made, here or in another process."""
+        if len({stream.stream_id for stream in streams}) != len(streams):
             raise InvalidEventError("each stream may appear once in create_streams")
-        companions = [stream[3] if len(stream) > 3 else () for stream in streams]
-        kinds = {tuple(companion.kind for companion in each) for each in companions}
+        kinds = {stream.kinds for stream in streams}
         if len(kinds) > 1:
             raise InvalidEventError("the streams of one create_streams call need companions of the same kinds")
-        return await self._create_prepared([
-            (stream[0], self._prepare(stream[0], stream[1], 0), _snapshot_text(stream[2]),
-             tuple(companion.values for companion in each))
-            for stream, each in zip(streams, companions)
-        ], kinds.pop() if kinds else ())
+        return await self._create_prepared([stream.item for stream in streams], kinds.pop() if kinds else ())
 
     async def create_stream(
         self,

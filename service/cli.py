@@ -242,6 +242,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from service.handlers.accounts import import_accounts
     from service.handlers.import_profiles import parse_import
+    from service.handlers.import_workers import ImportWorkers
 
     settings = _uow_settings()
     body = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
@@ -250,11 +251,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     async def run(uow):
         records = parse_import(body, content_type, environment=args.env, profile=args.profile, now=uow.clock())
         results = []
-        with Progress() as progress:
-            task = progress.add_task(f"importing into {args.env}", total=len(records))
-            for start in range(0, len(records), 1000):
-                results.extend(await import_accounts(records[start:start + 1000], uow, profile=args.profile))
-                progress.update(task, completed=len(results))
+        if settings.import_workers and len(records) > 1000:
+            uow.shared.import_workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, settings.import_workers)
+            await uow.shared.import_workers.start()
+        try:
+            with Progress() as progress:
+                task = progress.add_task(f"importing into {args.env}", total=len(records))
+                for start in range(0, len(records), 1000):
+                    results.extend(await import_accounts(records[start:start + 1000], uow, profile=args.profile))
+                    progress.update(task, completed=len(results))
+        finally:
+            if uow.shared.import_workers:
+                uow.shared.import_workers.close()
         return results
 
     results = asyncio.run(_with_uow(settings, run))

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     webhook_dispatcher: bool = Field(True, description="run the webhook dispatcher in this process")
     pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections per process")
     preview_concurrency: int = Field(2, ge=1, le=64, description="mapping previews evaluated at once (each in a child process)")
+    import_workers: int = Field(2, ge=0, le=64, description="processes that prepare the new accounts of large bulk imports"
+                                " (0: the serving process prepares them itself)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("database_url")

@@ -142,7 +142,8 @@ def gateway_settings(database_url: str, nats_url: str, **overrides):
     values = dict(database_url=database_url, nats_url=nats_url, keyring=Keyring.generate("kek-test-1"),
                   audit_key=generate_audit_key(), digest_interval_seconds=0, log_level="DEBUG",
                   refresh_worker=False,  # tests that want proactive refresh turn it on
-                  relay=False, webhook_dispatcher=False)  # tests that publish to NATS turn these on, with their own stream
+                  relay=False, webhook_dispatcher=False,  # tests that publish to NATS turn these on, with their own stream
+                  import_workers=0)  # tests of the import workers start their own
     values.update(overrides)
     return load_settings(**values)
 

@@ -10,6 +10,7 @@ from service.bootstrap import bootstrap
 from service.crypto.fingerprint import generate_audit_key
 from service.crypto.keyring import Keyring
 from service.domain.commands import ConfigureIntegration, ConfigureOAuthClient
+from service.handlers.import_workers import ImportWorkers
 from service.handlers.integrations import configure_integration, configure_oauth_client
 from service.handlers.uow import UnitOfWork
 from service.settings import load_settings
@@ -30,12 +31,17 @@ def truto_line(i: int, run: str) -> bytes:
 async def account_uow(dsn: str, pool_size: int = 20) -> AsyncIterator[UnitOfWork]:
     settings = load_settings(database_url=dsn, keyring=Keyring.generate("kek-bench"), audit_key=generate_audit_key())
     pool = await create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    uow = bootstrap(settings, pool).acting_as("system:bench")
+    if settings.import_workers:  # started with the service, as `linkledger serve` does
+        uow.shared.import_workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, settings.import_workers)
+        await uow.shared.import_workers.start()
     try:
-        uow = bootstrap(settings, pool).acting_as("system:bench")
         await configure_integration(ConfigureIntegration(environment="bench", name="salesforce"), uow)
         await configure_oauth_client(ConfigureOAuthClient(
             environment="bench", integration="salesforce", client_id="bench", client_secret="bench-secret",
             token_url="https://login.example.com/token"), uow)
         yield uow
     finally:
+        if uow.shared.import_workers:
+            uow.shared.import_workers.close()
         await pool.close()

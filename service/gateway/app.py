@@ -33,6 +33,7 @@ from service.gateway.keys import (
     SETTINGS,
     UOW,
 )
+from service.handlers.import_workers import ImportWorkers
 from service.handlers.previews import PreviewRunner
 from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
@@ -143,6 +144,19 @@ async def _previews(app: web.Application):
     runner.close()
 
 
+async def _import_workers(app: web.Application):
+    settings, uow = app[SETTINGS], app[UOW]
+    workers = None
+    if settings.import_workers:
+        workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, settings.import_workers)
+        await workers.start()
+    uow.shared.import_workers = workers
+    yield
+    uow.shared.import_workers = None
+    if workers:
+        workers.close()
+
+
 async def _digest_worker(app: web.Application):
     settings = app[SETTINGS]
     task = None
@@ -173,7 +187,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _previews, _relay,
+    app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _previews, _import_workers, _relay,
                             _webhook_dispatcher, _digest_worker, _projection_runners])
     for module in (routes_health, routes_meta, routes_integrations, routes_accounts, routes_overrides, routes_audit,
                    routes_ledger, routes_webhooks):

@@ -13,7 +13,8 @@ import asyncpg
 from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
-from events.store import Companion
+from events.store import Companion, PreparedStream, prepare_creation
+from service.crypto.datakeys import DataKey
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
 from service.domain.account import AccountState
@@ -187,6 +188,49 @@ def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
     return Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
 
 
+@dataclass(frozen=True)
+class NewAccount:
+    """A new account of a bulk import, ready to be written: its stream prepared (events encrypted,
+    encoded and hashed, with its data key and schedule as companions), and its new data key."""
+
+    line: int
+    stream: PreparedStream
+    status: str
+    key: DataKey
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    field: str | None
+    reason: str
+
+
+def prepare_new_accounts(
+    uow: UnitOfWork, job: list[tuple[int, ImportAccount, uuid.UUID, str]],
+    integrations: dict[tuple[str, str], IntegrationState], now: datetime,
+) -> list[NewAccount | Rejection]:
+    """The CPU-bound part of creating new accounts, (line, command, account id, stream) each: no
+    I/O, so it runs in this process or in an import worker's (service.handlers.import_workers)."""
+    outcomes: list[NewAccount | Rejection] = []
+    for line, cmd, account_id, stream in job:
+        blank = AccountState.blank(account_id)
+        try:
+            fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+            events = account_domain.decide(
+                blank, cmd, now, integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
+            )
+        except DomainError as error:
+            outcomes.append(Rejection(line, error.field, str(error)))
+            continue
+        state = account_domain.fold(blank, events)
+        key, key_row = uow.data_keys.new_key(stream)
+        prepared = prepare_creation(stream, _to_new_events(uow, stream, events, now, cmd, key), snapshot_json(state),
+                                    (key_row, _schedule_row(uow, state)))
+        outcomes.append(NewAccount(line, prepared, state.status, key))
+    return outcomes
+
+
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
 
 
@@ -208,54 +252,53 @@ async def import_accounts(
             if key not in integrations:
                 integrations[key] = await load_integration(uow.store, *key)
 
-    def reject(record: ParsedRecord, error: DomainError) -> None:
-        field = error.field
+    def reject(record: ParsedRecord, field: str | None, reason: str) -> None:
         if field == "integration":
             field = _INTEGRATION_FIELD.get(profile, "integration")
-        results[record.line] = RecordResult(record.line, "rejected", field=field, reason=str(error))
+        results[record.line] = RecordResult(record.line, "rejected", field=field, reason=reason)
 
     existing_heads = await uow.pool.fetch(
         "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])
     existing = {row["stream_id"] for row in existing_heads}
     fresh = [c for c in commands if c[3] not in existing]
     known = [(r, c) for r, c, _, stream in commands if stream in existing]
+    by_line = {record.line: (record, cmd, account_id) for record, cmd, account_id, _ in fresh}
 
-    async def write(planned_chunk, streams, states, keys) -> None:
-        created = await uow.store.create_streams(streams) if streams else {}
-        for record, cmd, account_id, stream, *_ in planned_chunk:
-            if created.get(stream) is None:
+    async def write(prepared: list[NewAccount]) -> None:
+        created = await uow.store.create_prepared([new.stream for new in prepared]) if prepared else {}
+        for new in prepared:
+            record, cmd, account_id = by_line[new.line]
+            if created.get(new.stream.stream_id) is None:
                 known.append((record, cmd))  # created meanwhile by someone else, or its key was: an update
             else:
-                uow.data_keys.created(keys[stream])
-                results[record.line] = RecordResult(record.line, "imported", account_id, states[stream].status)
+                uow.data_keys.created(new.key)
+                results[record.line] = RecordResult(record.line, "imported", account_id, new.status)
 
-    # Chunks are pipelined: one is written while the next is prepared (the preparing is Python's
-    # work, the writing PostgreSQL's), with at most two writes in flight. Each account's data key
-    # and refresh schedule are written by the statement that creates its stream.
+    # New accounts go in chunks, each decided, encrypted, encoded and hashed (the CPU-bound part:
+    # in the import workers' processes when there are enough of them to share out, else here),
+    # then written in one statement with every account's data key and refresh schedule. Writing
+    # one chunk overlaps preparing the next; at most two writes are in flight.
+    jobs = [[(record.line, cmd, account_id, stream) for record, cmd, account_id, stream in fresh[start:start + chunk]]
+            for start in range(0, len(fresh), chunk)]
+    workers = uow.shared.import_workers if len(jobs) > 1 else None
+    if workers is not None:
+        preparing = [asyncio.ensure_future(workers.prepare(uow, job, integrations, uow.clock())) for job in jobs]
     writes: list[asyncio.Task] = []
-    for start in range(0, len(fresh), chunk):
-        now = uow.clock()
-        streams, states, keys = [], {}, {}
-        for record, cmd, account_id, stream in fresh[start:start + chunk]:
-            blank = AccountState.blank(account_id)
-            try:
-                fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
-                events = account_domain.decide(
-                    blank, cmd, now, integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
-                )
-            except DomainError as error:
-                reject(record, error)
-                continue
-            states[stream] = state = account_domain.fold(blank, events)
-            keys[stream], key_row = uow.data_keys.new_key(stream)
-            streams.append((stream, _to_new_events(uow, stream, events, now, cmd, keys[stream]), snapshot_json(state),
-                            (key_row, _schedule_row(uow, state))))
-        planned = [(record, cmd, account_id, stream) for record, cmd, account_id, stream in fresh[start:start + chunk]
-                   if stream in states]
+    for index, job in enumerate(jobs):
+        if workers is not None:
+            outcomes = await preparing[index]
+        else:
+            outcomes = prepare_new_accounts(uow, job, integrations, uow.clock())
+        prepared = []
+        for outcome in outcomes:
+            if isinstance(outcome, Rejection):
+                reject(by_line[outcome.line][0], outcome.field, outcome.reason)
+            else:
+                prepared.append(outcome)
         writes = [w for w in writes if not w.done()]
         if len(writes) >= 2:
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-        writes.append(asyncio.create_task(write(planned, streams, states, keys)))
+        writes.append(asyncio.create_task(write(prepared)))
         await asyncio.sleep(0)  # let the write start before the next chunk's preparing
     await asyncio.gather(*writes)
 
@@ -266,7 +309,7 @@ async def import_accounts(
             try:
                 outcome = await import_account(cmd, uow, integration=integrations[(cmd.environment, cmd.integration)])
             except DomainError as error:
-                reject(record, error)
+                reject(record, error.field, str(error))
                 return
             results[record.line] = RecordResult(record.line, outcome.outcome, outcome.account_id, outcome.state.status)
 

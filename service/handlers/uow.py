@@ -47,6 +47,7 @@ class Shared:
         # Streams known to exist (a hint, never trusted for a decision): an import of an account
         # seen before goes the ordinary way at once instead of first trying to create it.
         self.existing_streams = RecentSet(8192)
+        self.import_workers = None  # service.handlers.import_workers.ImportWorkers, when started
         self._batchers: dict[str, Coalescer] = {}
 
     def batcher(self, name: str, make: Callable[[], Coalescer]) -> Coalescer:

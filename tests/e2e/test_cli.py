@@ -177,3 +177,47 @@ async def test_dev_starts_everything_itself_serves_readyz_and_stops_on_ctrl_c(tm
             except ProcessLookupError:
                 pass
             await proc.wait()
+
+
+# --------------------------------------------------------------------------- import and export
+
+
+async def test_import_a_file_then_export_it_from_the_command_line(database_url, servers, tmp_path):
+    """`linkledger import` (more than a thousand records: its import workers share them out) reports
+    each rejected line on stderr and a summary; `linkledger export` gives every account back."""
+    import json as jsonlib
+
+    from events.database import create_pool
+    from service.bootstrap import bootstrap
+    from service.crypto.fingerprint import generate_audit_key
+    from service.crypto.keyring import Keyring
+    from service.domain.commands import ConfigureIntegration
+    from service.handlers.integrations import configure_integration
+    from tests.conftest import gateway_settings
+
+    keyring, audit_key = Keyring.generate("kek-cli"), generate_audit_key()
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        uow = bootstrap(gateway_settings(database_url, servers.nats_url, keyring=keyring, audit_key=audit_key), pool)
+        await configure_integration(ConfigureIntegration(environment="prod", name="hubspot"), uow.acting_as("test"))
+    finally:
+        await pool.close()
+    records = [{"integration_name": "hubspot", "tenant_id": f"t{i}", "authentication_method": "oauth2",
+                "context": {"oauth": {"token": {"access_token": f"at-{i}", "refresh_token": f"rt-{i}",
+                                                "expires_at": "2027-01-01T00:00:00Z"}}}} for i in range(1200)]
+    records[10]["context"]["oauth"]["token"]["expires_at"] = "someday"
+    source = tmp_path / "truto.ndjson"
+    source.write_text("\n".join(jsonlib.dumps(r) for r in records) + "\n")
+    env = _env(database_url=database_url, keyring=keyring, audit_key=audit_key)
+    code, out, err = await _run("import", str(source), "--env", "prod", "--profile", "truto", env=env, timeout=120)
+    assert code == 1, (out, err)  # a rejected line makes the exit status say so
+    assert "1199 imported, 0 updated, 0 unchanged, 1 rejected" in out
+    assert "line 11: rejected: context.oauth.token.expires_at:" in err
+    code, out, err = await _run("import", str(source), "--env", "prod", "--profile", "truto", env=env, timeout=120)
+    assert "0 imported, 0 updated, 1199 unchanged, 1 rejected" in out, (out, err)
+    exported = tmp_path / "export.ndjson"
+    code, out, err = await _run("export", "--env", "prod", "--purpose", "test", "-o", str(exported), env=env, timeout=120)
+    assert code == 0, (out, err)
+    lines = [jsonlib.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == 1199
+    assert {line["credentials"]["access_token"] for line in lines} == {f"at-{i}" for i in range(1200) if i != 10}

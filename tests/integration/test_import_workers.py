@@ -1,0 +1,86 @@
+"""Bulk imports prepared by import worker processes write what the serving process would have
+written itself: the same results per line, tokens that decrypt under each account's own key,
+chains that verify, bad records rejected by line."""
+
+import json
+import uuid
+
+import pytest
+
+from events.database import create_pool
+from service.bootstrap import bootstrap
+from service.domain.commands import ConfigureIntegration
+from service.handlers.accounts import current_credentials, import_accounts
+from service.handlers.import_profiles import parse_import
+from service.handlers.import_workers import ImportWorkers
+from service.handlers.integrations import configure_integration
+from tests.conftest import gateway_settings
+
+
+def _lines(environment_tag: str, count: int) -> bytes:
+    lines = []
+    for i in range(count):
+        record = {
+            "integration_name": "crm", "tenant_id": f"t{i}", "authentication_method": "oauth2", "external_ref": f"ref-{i}",
+            "context": {"oauth": {"token": {"access_token": f"at-{environment_tag}-{i}", "refresh_token": f"rt-{i}",
+                                            "expires_in": 3600}}, "instance_url": f"https://t{i}.example.com"},
+        }
+        if i == 7:
+            del record["context"]["oauth"]["token"]["refresh_token"]
+        if i == 800:
+            record["integration_name"] = "nowhere"
+        lines.append(json.dumps(record))
+    return "\n".join(lines).encode()
+
+
+@pytest.fixture
+async def uow(database_url, servers):
+    settings = gateway_settings(database_url, servers.nats_url)
+    pool = await create_pool(database_url, max_size=10)
+    uow = bootstrap(settings, pool).acting_as("system:test")
+    for environment in ("here", "workers"):
+        await configure_integration(ConfigureIntegration(environment=environment, name="crm"), uow)
+    yield uow
+    await pool.close()
+
+
+async def test_workers_prepare_what_the_serving_process_would(uow):
+    count = 1200  # three chunks of 500: shared out to the workers
+    local = await import_accounts(parse_import(_lines("here", count), "application/x-ndjson", environment="here",
+                                               profile="truto", now=uow.clock()), uow, profile="truto")
+    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 2)
+    await workers.start()
+    jobs = []
+    prepare = workers.prepare
+
+    async def counted(*args):
+        jobs.append(len(args[1]))
+        return await prepare(*args)
+
+    workers.prepare = counted
+    uow.shared.import_workers = workers
+    try:
+        run = uow.acting_as("system:test", correlation_id=uuid.uuid4())
+        remote = await import_accounts(parse_import(_lines("workers", count), "application/x-ndjson", environment="workers",
+                                                    profile="truto", now=uow.clock()), run, profile="truto")
+    finally:
+        uow.shared.import_workers = None
+        workers.close()
+    assert sum(jobs) == count - 1 and len(jobs) == 3  # one record failed parsing, before any worker
+    assert [(r.line, r.outcome, r.field, r.status) for r in remote] == [(r.line, r.outcome, r.field, r.status) for r in local]
+    outcomes = [r.outcome for r in remote]
+    assert outcomes.count("imported") == count - 2 and outcomes.count("rejected") == 2
+    assert remote[800].field == "integration_name"
+    for result in remote[::97]:
+        if result.outcome == "imported":
+            secrets = await current_credentials(uow, result.account_id)
+            assert secrets["access_token"] == f"at-workers-{result.line - 1}"
+    actors = await uow.pool.fetch(
+        "SELECT DISTINCT actor, correlation_id FROM events e JOIN stream_heads h USING (stream_id)"
+        " WHERE h.snapshot->>'environment' = 'workers' AND stream_id LIKE 'account-%'")
+    assert [(a["actor"], a["correlation_id"]) for a in actors] == [("system:test", run.correlation_id)]
+    from events.integrity import verify_log
+
+    async with uow.pool.acquire() as conn:
+        report = await verify_log(conn)
+    assert report.ok, report.as_dict()
