@@ -263,18 +263,61 @@ _APPEND_FIELDS = ("stream_id", "expected", "event_id", "type", "schema_version",
                   "occurred_at", "actor", "correlation_id", "causation_id", "body_hash", "snapshot")
 
 
-def _json_value(value: Any) -> Any:
+def _bytea(value: Any) -> str:
+    """orjson's hook for what it does not encode itself: bytes, as bytea's hex text."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
-    return value
+    raise TypeError(f"{type(value).__name__} cannot be sent to PostgreSQL as JSON")
 
 
 def _json_rows(fields: Sequence[str], rows) -> str:
-    return orjson.dumps([{field: _json_value(value) for field, value in zip(fields, row)} for row in rows]).decode()
+    return orjson.dumps([dict(zip(fields, row)) for row in rows], default=_bytea).decode()
 
 
 def _snapshot_fragment(snapshot: str | None) -> orjson.Fragment | None:
     return None if snapshot is None else orjson.Fragment(snapshot)
+
+
+@dataclass(frozen=True)
+class CreationBatch:
+    """New streams ready to be written in one statement: hashes chained, rows encoded as the
+    statement's JSON documents. Pure data, so a worker process may make it (creation_batch)."""
+
+    stream_ids: tuple[str, ...]
+    kinds: tuple
+    documents: tuple[str, ...]
+
+
+def creation_batch(streams: Sequence[PreparedStream]) -> CreationBatch:
+    """The batch that creates these streams (each once; companions of the same kinds)."""
+    if len({stream.stream_id for stream in streams}) != len(streams):
+        raise InvalidEventError("each stream may appear once in create_streams")
+    kinds = {stream.kinds for stream in streams}
+    if len(kinds) > 1:
+        raise InvalidEventError("the streams of one create_streams call need companions of the same kinds")
+    return _creation_batch([stream.item for stream in streams], kinds.pop() if kinds else ())
+
+
+def _creation_batch(streams: list[tuple], kinds: tuple[tuple, ...]) -> CreationBatch:
+    """A new stream's chain starts at the genesis hash, so the writer chains every hash itself."""
+    streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
+    heads: list[tuple] = []
+    events: list[tuple] = []
+    for stream_id, rows, snapshot, *_ in streams:
+        prev = last_prev = GENESIS_HASH
+        for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
+                      body) in enumerate(rows, start=1):
+            current = chain_hash(prev, body)
+            events.append((event_id, stream_id, version, type_, schema_version, data, secret, key_id, occurred_at,
+                           actor, corr, cause, prev, current))
+            last_prev, prev = prev, current
+        heads.append((stream_id, len(rows), last_prev, prev, _snapshot_fragment(snapshot)))
+    companions = [
+        _json_rows(("stream_id", *(name for name, _ in columns)), ((stream[0], *stream[3][index]) for stream in streams))
+        for index, (_, columns, _) in enumerate(kinds)
+    ]
+    return CreationBatch(tuple(stream[0] for stream in streams), kinds,
+                         (_json_rows(_HEAD_FIELDS, heads), _json_rows(_EVENT_FIELDS, events), *companions))
 
 
 class PostgresEventStore:
@@ -364,13 +407,8 @@ class PostgresEventStore:
         return await self.create_prepared([prepare_creation(*stream) for stream in streams])
 
     async def create_prepared(self, streams: Sequence["PreparedStream"]) -> dict[str, list[AppendResult] | None]:
-        """create_streams for streams `prepare_creation` made, here or in another process."""
-        if len({stream.stream_id for stream in streams}) != len(streams):
-            raise InvalidEventError("each stream may appear once in create_streams")
-        kinds = {stream.kinds for stream in streams}
-        if len(kinds) > 1:
-            raise InvalidEventError("the streams of one create_streams call need companions of the same kinds")
-        return await self._create_prepared([stream.item for stream in streams], kinds.pop() if kinds else ())
+        """create_streams for streams `prepare_creation` made."""
+        return await self.create_batch(creation_batch(streams))
 
     async def create_stream(
         self,
@@ -399,34 +437,21 @@ class PostgresEventStore:
         self, streams: list[tuple], kinds: tuple[tuple, ...] = ()
     ) -> dict[str, list[AppendResult] | None]:
         """create_streams for streams whose rows `_prepare` made (stream_id, rows, snapshot text[,
-        companion values]): the writer chains every hash."""
-        streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
-        heads: list[tuple] = []
-        events: list[tuple] = []
-        for stream_id, rows, snapshot, *_ in streams:
-            prev = last_prev = GENESIS_HASH
-            for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
-                          body) in enumerate(rows, start=1):
-                current = chain_hash(prev, body)
-                events.append((event_id, stream_id, version, type_, schema_version, data, secret, key_id, occurred_at,
-                               actor, corr, cause, prev, current))
-                last_prev, prev = prev, current
-            heads.append((stream_id, len(rows), last_prev, prev, _snapshot_fragment(snapshot)))
-        companions = [
-            _json_rows(("stream_id", *(name for name, _ in columns)),
-                       ((stream[0], *stream[3][index]) for stream in streams))
-            for index, (_, columns, _) in enumerate(kinds)
-        ]
-        sql = self._creation_statements.get(kinds)
+        companion values])."""
+        return await self.create_batch(_creation_batch(streams, kinds))
+
+    async def create_batch(self, batch: "CreationBatch") -> dict[str, list[AppendResult] | None]:
+        """Write a creation_batch (made here or in another process) in one statement."""
+        sql = self._creation_statements.get(batch.kinds)
         if sql is None:
-            sql = self._creation_statements[kinds] = _creation_sql(kinds)
+            sql = self._creation_statements[batch.kinds] = _creation_sql(batch.kinds)
         try:
-            rows = await self._pool.fetch(sql, _json_rows(_HEAD_FIELDS, heads), _json_rows(_EVENT_FIELDS, events), *companions)
+            rows = await self._pool.fetch(sql, *batch.documents)
         except asyncpg.UniqueViolationError as exc:
             raise InvalidEventError("an event id in this batch is already used by another event") from exc
         except asyncpg.CheckViolationError as exc:
             raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
-        created: dict[str, list[AppendResult] | None] = {stream[0]: None for stream in streams}
+        created: dict[str, list[AppendResult] | None] = dict.fromkeys(batch.stream_ids)
         for row in rows:
             results = created[row["stream_id"]] or []
             results.append(AppendResult(row["position"], row["version"], bytes(row["hash"])))

@@ -13,7 +13,7 @@ import asyncpg
 from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
-from events.store import Companion, PreparedStream, prepare_creation
+from events.store import Companion, CreationBatch, creation_batch, prepare_creation
 from service.crypto.datakeys import DataKey
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
@@ -190,11 +190,10 @@ def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
 
 @dataclass(frozen=True)
 class NewAccount:
-    """A new account of a bulk import, ready to be written: its stream prepared (events encrypted,
-    encoded and hashed, with its data key and schedule as companions), and its new data key."""
+    """A new account of a bulk import, prepared: its stream, status and new data key."""
 
     line: int
-    stream: PreparedStream
+    stream: str
     status: str
     key: DataKey
 
@@ -206,13 +205,25 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class PreparedChunk:
+    """New accounts ready to be written by one statement (`batch`: their events encrypted,
+    encoded and hashed, with each one's data key and refresh schedule), and the refused records."""
+
+    accounts: list[NewAccount]
+    rejections: list[Rejection]
+    batch: CreationBatch | None
+
+
 def prepare_new_accounts(
     uow: UnitOfWork, job: list[tuple[int, ImportAccount, uuid.UUID, str]],
     integrations: dict[tuple[str, str], IntegrationState], now: datetime,
-) -> list[NewAccount | Rejection]:
+) -> PreparedChunk:
     """The CPU-bound part of creating new accounts, (line, command, account id, stream) each: no
     I/O, so it runs in this process or in an import worker's (service.handlers.import_workers)."""
-    outcomes: list[NewAccount | Rejection] = []
+    accounts: list[NewAccount] = []
+    rejections: list[Rejection] = []
+    streams = []
     for line, cmd, account_id, stream in job:
         blank = AccountState.blank(account_id)
         try:
@@ -221,14 +232,14 @@ def prepare_new_accounts(
                 blank, cmd, now, integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
             )
         except DomainError as error:
-            outcomes.append(Rejection(line, error.field, str(error)))
+            rejections.append(Rejection(line, error.field, str(error)))
             continue
         state = account_domain.fold(blank, events)
         key, key_row = uow.data_keys.new_key(stream)
-        prepared = prepare_creation(stream, _to_new_events(uow, stream, events, now, cmd, key), snapshot_json(state),
-                                    (key_row, _schedule_row(uow, state)))
-        outcomes.append(NewAccount(line, prepared, state.status, key))
-    return outcomes
+        streams.append(prepare_creation(stream, _to_new_events(uow, stream, events, now, cmd, key), snapshot_json(state),
+                                        (key_row, _schedule_row(uow, state))))
+        accounts.append(NewAccount(line, stream, state.status, key))
+    return PreparedChunk(accounts, rejections, creation_batch(streams) if streams else None)
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
@@ -264,11 +275,11 @@ async def import_accounts(
     known = [(r, c) for r, c, _, stream in commands if stream in existing]
     by_line = {record.line: (record, cmd, account_id) for record, cmd, account_id, _ in fresh}
 
-    async def write(prepared: list[NewAccount]) -> None:
-        created = await uow.store.create_prepared([new.stream for new in prepared]) if prepared else {}
-        for new in prepared:
+    async def write(prepared: PreparedChunk) -> None:
+        created = await uow.store.create_batch(prepared.batch) if prepared.batch else {}
+        for new in prepared.accounts:
             record, cmd, account_id = by_line[new.line]
-            if created.get(new.stream.stream_id) is None:
+            if created.get(new.stream) is None:
                 known.append((record, cmd))  # created meanwhile by someone else, or its key was: an update
             else:
                 uow.data_keys.created(new.key)
@@ -286,15 +297,11 @@ async def import_accounts(
     writes: list[asyncio.Task] = []
     for index, job in enumerate(jobs):
         if workers is not None:
-            outcomes = await preparing[index]
+            prepared = await preparing[index]
         else:
-            outcomes = prepare_new_accounts(uow, job, integrations, uow.clock())
-        prepared = []
-        for outcome in outcomes:
-            if isinstance(outcome, Rejection):
-                reject(by_line[outcome.line][0], outcome.field, outcome.reason)
-            else:
-                prepared.append(outcome)
+            prepared = prepare_new_accounts(uow, job, integrations, uow.clock())
+        for rejection in prepared.rejections:
+            reject(by_line[rejection.line][0], rejection.field, rejection.reason)
         writes = [w for w in writes if not w.done()]
         if len(writes) >= 2:
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
