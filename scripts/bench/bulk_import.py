@@ -11,7 +11,7 @@ import asyncpg
 from scripts.bench.accounts import account_uow, truto_line
 from scripts.bench.common import result_line, scratch_database, servers
 from service.handlers.accounts import import_accounts
-from service.handlers.import_profiles import parse_import
+from service.handlers.import_profiles import iter_parse_import
 
 PLAIN_TABLES = """
 CREATE TABLE copy_events (LIKE events INCLUDING DEFAULTS);
@@ -48,7 +48,7 @@ async def run(accounts: int = 10_000) -> str:
         async with scratch_database(server_dsn) as dsn:
             async with account_uow(dsn) as uow:
                 started = time.perf_counter()
-                records = parse_import(body, "application/x-ndjson", environment="bench", profile="truto", now=uow.clock())
+                records = iter_parse_import(body, "application/x-ndjson", environment="bench", profile="truto", now=uow.clock())
                 results = await import_accounts(records, uow, profile="truto")
                 elapsed = time.perf_counter() - started
             imported = sum(r.outcome == "imported" for r in results)

@@ -23,7 +23,7 @@ from service.handlers.accounts import (
     AccountNotFound, current_credentials, delete_account, export_accounts, import_account, import_accounts,
     load_existing_account,
 )
-from service.handlers.import_profiles import PROFILES, parse_import, to_command
+from service.handlers.import_profiles import PROFILES, iter_parse_import, to_command
 from service.handlers.token_reads import token_fields
 from service.handlers.tokens import ON_DEMAND_MARGIN, needs_refresh, validate
 from service.handlers.repositories import load_integration
@@ -98,8 +98,8 @@ async def import_bulk(request: web.Request) -> web.Response:
     ensure_environment(request, env)
     profile = _profile(request, "canonical")
     uow = request.app[UOW].acting_as(api_key(request).actor)
-    records = parse_import(await request.read(), request.headers.get("Content-Type"),
-                           environment=env, profile=profile, now=uow.clock())
+    records = iter_parse_import(await request.read(), request.headers.get("Content-Type"),
+                                environment=env, profile=profile, now=uow.clock())
     results = await import_accounts(records, uow, profile=profile)
     summary = {"imported": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     for result in results:

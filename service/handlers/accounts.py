@@ -2,11 +2,12 @@
 own data key, bound to the event they travel in; the domain only ever sees fingerprints."""
 
 import asyncio
+import itertools
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Iterable, Iterator, Literal
 
 import asyncpg
 
@@ -245,35 +246,30 @@ def prepare_new_accounts(
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
 
 
+# Below this many new accounts in a chunk, handing it to a worker costs more than it saves.
+_WORKER_MINIMUM = 100
+
+
 async def import_accounts(
-    records: list[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 500, concurrency: int = 16
+    records: Iterable[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 500,
+    concurrency: int = 16,
 ) -> list[RecordResult]:
     """Bulk import. New accounts go in together (one statement per chunk); known ones one by one.
-    Every record gets its own result; a bad one never stops or hides the others."""
+    Every record gets its own result; a bad one never stops or hides the others.
+
+    `records` may be a lazy iterator (import_profiles.iter_parse_import): the records are taken a
+    chunk at a time, so parsing the next chunk overlaps preparing and writing the earlier ones."""
     results: dict[int, RecordResult] = {}
+    lines: list[int] = []
     integrations: dict[tuple[str, str], IntegrationState] = {}
-    commands: list[tuple[ParsedRecord, ImportAccount, uuid.UUID, str]] = []  # with the account id and stream
-    for record in records:
-        if record.error is not None:
-            results[record.line] = RecordResult(record.line, "rejected", field=record.error.field, reason=record.error.reason)
-        else:
-            account_id = account_id_for(record.command)
-            commands.append((record, record.command, account_id, account_stream(account_id)))
-            key = (record.command.environment, record.command.integration)
-            if key not in integrations:
-                integrations[key] = await load_integration(uow.store, *key)
+    known: list[tuple[ParsedRecord, ImportAccount]] = []
+    by_line: dict[int, tuple[ParsedRecord, ImportAccount, uuid.UUID]] = {}
+    workers = uow.shared.import_workers
 
     def reject(record: ParsedRecord, field: str | None, reason: str) -> None:
         if field == "integration":
             field = _INTEGRATION_FIELD.get(profile, "integration")
         results[record.line] = RecordResult(record.line, "rejected", field=field, reason=reason)
-
-    existing_heads = await uow.pool.fetch(
-        "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])
-    existing = {row["stream_id"] for row in existing_heads}
-    fresh = [c for c in commands if c[3] not in existing]
-    known = [(r, c) for r, c, _, stream in commands if stream in existing]
-    by_line = {record.line: (record, cmd, account_id) for record, cmd, account_id, _ in fresh}
 
     async def write(prepared: PreparedChunk) -> None:
         created = await uow.store.create_batch(prepared.batch) if prepared.batch else {}
@@ -286,20 +282,17 @@ async def import_accounts(
                 results[record.line] = RecordResult(record.line, "imported", account_id, new.status)
 
     # New accounts go in chunks, each decided, encrypted, encoded and hashed (the CPU-bound part:
-    # in the import workers' processes when there are enough of them to share out, else here),
-    # then written in one statement with every account's data key and refresh schedule. Writing
-    # one chunk overlaps preparing the next; at most two writes are in flight.
-    jobs = [[(record.line, cmd, account_id, stream) for record, cmd, account_id, stream in fresh[start:start + chunk]]
-            for start in range(0, len(fresh), chunk)]
-    workers = uow.shared.import_workers if len(jobs) > 1 else None
-    if workers is not None:
-        preparing = [asyncio.ensure_future(workers.prepare(uow, job, integrations, uow.clock())) for job in jobs]
+    # in the import workers' processes when there are any, else here), then written in one
+    # statement with every account's data key and refresh schedule. Taking the next chunk's
+    # records (parsing them) overlaps the workers' preparing; at most two writes are in flight.
+    preparing: list[asyncio.Future | PreparedChunk] = []
     writes: list[asyncio.Task] = []
-    for index, job in enumerate(jobs):
-        if workers is not None:
-            prepared = await preparing[index]
-        else:
-            prepared = prepare_new_accounts(uow, job, integrations, uow.clock())
+
+    async def write_next() -> None:
+        nonlocal writes
+        prepared = preparing.pop(0)
+        if isinstance(prepared, asyncio.Future):
+            prepared = await prepared
         for rejection in prepared.rejections:
             reject(by_line[rejection.line][0], rejection.field, rejection.reason)
         writes = [w for w in writes if not w.done()]
@@ -307,6 +300,37 @@ async def import_accounts(
             await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
         writes.append(asyncio.create_task(write(prepared)))
         await asyncio.sleep(0)  # let the write start before the next chunk's preparing
+
+    for wave in _chunks(records, chunk):
+        commands: list[tuple[ParsedRecord, ImportAccount, uuid.UUID, str]] = []  # with the account id and stream
+        for record in wave:
+            lines.append(record.line)
+            if record.error is not None:
+                results[record.line] = RecordResult(record.line, "rejected", field=record.error.field,
+                                                    reason=record.error.reason)
+                continue
+            account_id = account_id_for(record.command)
+            commands.append((record, record.command, account_id, account_stream(account_id)))
+            key = (record.command.environment, record.command.integration)
+            if key not in integrations:
+                integrations[key] = await load_integration(uow.store, *key)
+        existing = {row["stream_id"] for row in await uow.pool.fetch(
+            "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])}
+        job = []
+        for record, cmd, account_id, stream in commands:
+            if stream in existing:
+                known.append((record, cmd))
+            else:
+                by_line[record.line] = (record, cmd, account_id)
+                job.append((record.line, cmd, account_id, stream))
+        if workers is not None and len(job) >= _WORKER_MINIMUM:
+            preparing.append(asyncio.ensure_future(workers.prepare(uow, job, integrations, uow.clock())))
+        else:
+            preparing.append(prepare_new_accounts(uow, job, integrations, uow.clock()))
+        while len(preparing) > (2 if workers is not None else 0):  # keep the workers busy meanwhile
+            await write_next()
+    while preparing:
+        await write_next()
     await asyncio.gather(*writes)
 
     limit = asyncio.Semaphore(concurrency)
@@ -321,7 +345,13 @@ async def import_accounts(
             results[record.line] = RecordResult(record.line, outcome.outcome, outcome.account_id, outcome.state.status)
 
     await asyncio.gather(*(one(r, c) for r, c in known))
-    return [results[record.line] for record in records]
+    return [results[line] for line in lines]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None:

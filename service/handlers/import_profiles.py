@@ -731,27 +731,38 @@ def parse_import(
 
     A record naming the same account (`account_identity`) as an earlier one is refused with
     "repeats line N", on its external_ref field (its tenant_id field when it has no external_ref)."""
+    return list(iter_parse_import(body, content_type, environment=environment, profile=profile, now=now))
+
+
+def iter_parse_import(
+    body: bytes, content_type: str | None, *, environment: str, profile: Profile, now: datetime
+) -> Iterator[ParsedRecord]:
+    """parse_import, one record at a time (an import can start on the first records while the
+    rest are parsed). The profile is checked at once, before the first record is asked for."""
     _check_profile(profile)
-    results: list[ParsedRecord] = []
+    return _parsed_records(body, content_type, environment, profile, now)
+
+
+def _parsed_records(body: bytes, content_type: str | None, environment: str, profile: Profile,
+                    now: datetime) -> Iterator[ParsedRecord]:
     seen: dict[str, int] = {}
     for line, value in parse_body(body, content_type):
         if isinstance(value, RecordError):
-            results.append(ParsedRecord(line, None, value))
+            yield ParsedRecord(line, None, value)
             continue
         try:
             command, paths = _convert(value, environment, profile, now)
         except RecordError as error:
-            results.append(ParsedRecord(line, None, error))
+            yield ParsedRecord(line, None, error)
             continue
         identity = account_identity(command.environment, command.integration, command.tenant_id, command.external_ref)
         first = seen.get(identity)
         if first is not None:
             field = paths["external_ref"] if command.external_ref else paths["tenant_id"]
-            results.append(ParsedRecord(line, None, RecordError(field, f"repeats line {first}")))
+            yield ParsedRecord(line, None, RecordError(field, f"repeats line {first}"))
             continue
         seen[identity] = line
-        results.append(ParsedRecord(line, command, None))
-    return results
+        yield ParsedRecord(line, command, None)
 
 
 # --------------------------------------------------------------------------- export
