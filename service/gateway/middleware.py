@@ -12,7 +12,7 @@ from service.gateway.metrics import Metrics
 
 
 def gateway_middleware(metrics: Metrics):
-    observe = metrics.observe
+    observe = metrics.http.observe
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
