@@ -92,8 +92,10 @@ class ProjectionRunner:
             events = await read_after(conn, after, self.batch_size)
             if not events:
                 self.lag_seconds = 0.0
+                # Ordered and limited, not EXISTS: PostgreSQL drops the ORDER BY inside EXISTS and then
+                # plans a sequential scan of the whole log, which is every idle poll's usual answer.
                 held_back = await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE (tx, position) > ($1::xid8, $2::bigint))",
+                    "SELECT true FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) ORDER BY tx, position LIMIT 1",
                     after.tx, after.position)
                 return -1 if held_back else 0
             for projection, checkpoint in won:

@@ -62,20 +62,24 @@ def encrypt(data_key: bytes, plaintext: dict[str, Any], aad: bytes) -> bytes:
 
 
 def decrypt(data_key: bytes, blob: bytes, aad: bytes) -> dict[str, Any]:
-    key = _check_key(data_key, DecryptionError)
+    return decrypt_with(AESGCM(_check_key(data_key, DecryptionError)), blob, aad)
+
+
+def decrypt_with(cipher: AESGCM, blob: bytes, aad: bytes) -> dict[str, Any]:
+    """decrypt() with the data key's cipher made already (a cached key keeps its own: see DataKey.cipher)."""
     if blob is None or len(blob) < _OVERHEAD:
         raise DecryptionError("envelope: ciphertext is too short")
     blob = bytes(blob)
     if blob[0] != VERSION:
         raise DecryptionError(f"envelope: unknown ciphertext format {blob[0]}")
     try:
-        text = AESGCM(key).decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], bytes(aad))
+        text = cipher.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], bytes(aad))
     except InvalidTag:
         raise DecryptionError(
             "envelope: ciphertext does not authenticate (wrong data key, another stream or event, or altered bytes)"
         ) from None
     try:
-        value = json.loads(text)
+        value = json.loads(text.decode())  # always UTF-8 (see _canonical): no encoding detection
     except ValueError:
         raise DecryptionError("envelope: decrypted plaintext is not JSON") from None
     if not isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""The aiohttp application: resources as cleanup contexts, thin routes, one error middleware."""
+"""The aiohttp application: resources as cleanup contexts, thin routes, one middleware (metrics, auth, errors)."""
 
 import asyncio
 import logging
@@ -19,8 +19,6 @@ from service.gateway import (
     routes_overrides,
     routes_webhooks,
 )
-from service.gateway.auth import auth_middleware
-from service.gateway.errors import problem_middleware
 from service.gateway.keys import (
     ACCESS_RECORDER,
     METRICS,
@@ -39,7 +37,8 @@ from service.handlers.tokens import Refresher
 from service.oauth.client import OAuthClient
 from service.workers.access_log import AccessRecorder, run_access_flusher
 from service.workers.refresher import run_refresh_worker
-from service.gateway.metrics import Metrics, metrics_middleware
+from service.gateway.metrics import Metrics
+from service.gateway.middleware import gateway_middleware
 from service.natslink import NatsLink
 from service.settings import Settings
 from service.workers.digest import run_digest_worker
@@ -182,9 +181,7 @@ def create_app(settings: Settings) -> web.Application:
     load_keyring(settings)
     load_fingerprinter(settings)
     metrics = Metrics()
-    app = web.Application(
-        middlewares=[metrics_middleware(metrics), problem_middleware, auth_middleware], client_max_size=64 * 1024 * 1024
-    )
+    app = web.Application(middlewares=[gateway_middleware(metrics)], client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app.cleanup_ctx.extend([_postgres, _nats, _refresher, _refresh_worker, _access_log, _previews, _import_workers, _relay,

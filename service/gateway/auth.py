@@ -27,19 +27,17 @@ def ensure_environment(request: web.Request, environment: str) -> None:
         raise web.HTTPNotFound(text=f"environment {environment} not found")
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    roles = getattr(request.match_info.handler, "roles", None)
-    if roles is not None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, secret = header.partition(" ")
-        key = await authenticate(request.app[POOL], secret.strip()) if scheme.lower() == "bearer" else None
-        if key is None:
-            response = problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer <key>",
-                               type_="unauthorized")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="linkledger"'
-            return response
-        if key.role not in roles:
-            return problem(403, "Forbidden", f"the {key.role} role may not do this", type_="forbidden")
-        request[API_KEY] = key
-    return await handler(request)
+async def authorize(request: web.Request, roles: frozenset[str]) -> web.Response | None:
+    """Authenticate the bearer key and check its role: None when it may go on (the key is then
+    api_key(request)), else the 401 or 403 answer."""
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    key = await authenticate(request.app[POOL], secret.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        response = problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer <key>",
+                           type_="unauthorized")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="linkledger"'
+        return response
+    if key.role not in roles:
+        return problem(403, "Forbidden", f"the {key.role} role may not do this", type_="forbidden")
+    request[API_KEY] = key
+    return None

@@ -2,9 +2,7 @@
 
 import bisect
 import itertools
-import time
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -63,23 +61,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def metrics_middleware(metrics: Metrics):
-    @web.middleware
-    async def middleware(request: web.Request, handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            resource = request.match_info.route.resource
-            metrics.observe(request.method, resource.canonical if resource is not None else "unmatched", status,
-                            time.perf_counter() - started)
-
-    return middleware

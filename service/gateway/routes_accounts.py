@@ -1,11 +1,13 @@
 """Accounts: import (one and bulk), list, detail, token, delete, export."""
 
 import base64
+import functools
 import hashlib
 import json
 import uuid
 from datetime import datetime
 
+import orjson
 from aiohttp import web
 
 from events.hashing import format_instant
@@ -42,9 +44,14 @@ def _profile(request: web.Request, default: str) -> str:
 
 def _account_id(request: web.Request) -> uuid.UUID:
     try:
-        return uuid.UUID(request.match_info["id"])
+        return _parse_account_id(request.match_info["id"])
     except ValueError:
         raise web.HTTPNotFound(text="no such account") from None
+
+
+@functools.lru_cache(maxsize=16384)  # token reads ask for the same accounts over and over; a miss parses
+def _parse_account_id(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
 
 
 async def _scoped_account(request: web.Request) -> AccountState:
@@ -176,8 +183,8 @@ def parse_instant(text: str, name: str) -> datetime:
 @routes.get("/v1/accounts/{id}/token")
 @requires("service", "admin")
 async def get_token(request: web.Request) -> web.Response:
-    uow = request.app[UOW]
-    refresher = request.app[REFRESHER]
+    app = request.app
+    uow, refresher = app[UOW], app[REFRESHER]
     key = api_key(request)
     state, secrets, fields = await refresher.token_reads.read(_account_id(request))
     if not key.may_access(state.environment) or state.status == "deleted":
@@ -211,8 +218,8 @@ async def get_token(request: web.Request) -> web.Response:
     for name in _TOKEN_SECRETS:
         if name in secrets:
             body[name] = secrets[name]
-    request.app[ACCESS_RECORDER].record(key.key_id, state.account_id, now)
-    return web.Response(text=json.dumps(body), content_type="application/json", headers=_NO_STORE)
+    app[ACCESS_RECORDER].record(key.key_id, state.account_id, now)
+    return web.Response(body=_token_json(body), headers=_TOKEN_HEADERS)
 
 
 async def _checked_at_first_use(request: web.Request, state: AccountState) -> bool:
@@ -221,7 +228,16 @@ async def _checked_at_first_use(request: web.Request, state: AccountState) -> bo
 
 
 _TOKEN_SECRETS = ("access_token", "api_key", "username", "password")
-_NO_STORE = {"Cache-Control": "no-store"}
+_TOKEN_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
+
+
+def _token_json(body: dict) -> bytes:
+    """orjson: several times faster than json.dumps on the hottest answer; json.dumps for what
+    orjson refuses (integers beyond 64 bits in an imported context)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()
 
 
 @routes.delete("/v1/accounts/{id}")

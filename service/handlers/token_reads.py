@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events.hashing import format_instant
-from service.crypto.envelope import decrypt, event_aad
+from service.crypto.envelope import decrypt_with, event_aad
 from service.domain.account import AccountState
 from service.domain.identity import account_stream
 from service.handlers.accounts import AccountNotFound, load_existing_account
@@ -51,6 +51,13 @@ class _Held:
     event_id: uuid.UUID
     ciphertext: bytes = field(repr=False)
     _fields: dict[str, Any] | None = None
+    stream: str = field(init=False)
+    aad: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # What every read of this version decrypts with, worked out once.
+        self.stream = account_stream(self.state.account_id)
+        self.aad = event_aad(self.stream, self.event_id)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -100,17 +107,22 @@ class TokenReads:
         """The held account's current secrets, decrypted now; None once it is deleted (its key is shredded)."""
         if held.state.status == "deleted":
             return None
-        stream = account_stream(held.state.account_id)
-        data_key = await self._uow.data_keys.get(stream)
-        return decrypt(data_key.key, held.ciphertext, event_aad(stream, held.event_id))
+        data_key = await self._uow.data_keys.get(held.stream)
+        return decrypt_with(data_key.cipher, held.ciphertext, held.aad)
 
     async def read(self, account_id: uuid.UUID) -> tuple[AccountState, dict[str, Any] | None, dict[str, Any]]:
         """(state, current secrets, the answer's non-secret fields). Secrets are None for a deleted
         account, or when the head snapshot is behind (the caller then reads them the ordinary way)."""
-        row = await self._uow.pool.fetchrow(_READ, account_stream(account_id), self.held_version(account_id))
+        held = self._held.get(account_id)
+        if held is None:
+            row = await self._uow.pool.fetchrow(_READ, account_stream(account_id), -1)
+        else:
+            row = await self._uow.pool.fetchrow(_READ, held.stream, held.version)
         if row is None:
             self._held.pop(account_id, None)
             raise AccountNotFound(f"account {account_id} does not exist", field="account_id")
+        if held is not None and held.version == row["version"]:  # the usual case: nothing new to parse
+            return held.state, await self.secrets(held), held.fields
         held = self.hold_row(account_id, row)
         if held is None:
             state = await load_existing_account(self._uow, account_id)

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
 from service.domain import account as account_domain
 from service.domain.account import AccountState
 from service.domain.commands import RecordCredentialsAccess
@@ -23,6 +25,10 @@ from service.handlers.uow import UnitOfWork
 log = logging.getLogger("linkledger.access")
 
 PACED_MINIMUM = 64  # tallies a paced flush writes at least, so small backlogs go at once
+# Failures that mean the append was not committed (PostgreSQL refused a statement or the
+# connection, or none was had in time): those tallies are kept and written by a later flush. A
+# lost connection could have lost a commit's answer rather than the commit: those are dropped.
+_NOT_WRITTEN = (asyncpg.PostgresError, asyncio.TimeoutError)
 
 
 @dataclass
@@ -66,7 +72,11 @@ class AccessRecorder:
             if paced_over is not None:
                 closed = closed[:max(PACED_MINIMUM, math.ceil(len(closed) * paced_over / self._bucket))]
             tallies = {k: self._tallies.pop(k) for k in closed}
-        states = await self._load_states({account_id for _, account_id, _ in tallies})
+        try:
+            states = await self._load_states({account_id for _, account_id, _ in tallies})
+        except BaseException:
+            self._keep(tallies)
+            raise
         # Appends of different streams are group-committed by the store (one statement per batch,
         # two at most in flight), so this takes few connections whatever the concurrency.
         gate = asyncio.Semaphore(64)
@@ -78,13 +88,32 @@ class AccessRecorder:
         results = await asyncio.gather(*(bounded(key, account_id, tally)
                                          for (key, account_id, _), tally in tallies.items()), return_exceptions=True)
         written = 0
+        unwritten = {}
         for (key, account_id, bucket), result in zip(tallies, results):
             if result is True:
                 written += 1
-            elif isinstance(result, Exception):
+            elif isinstance(result, _NOT_WRITTEN):
+                unwritten[(key, account_id, bucket)] = tallies[(key, account_id, bucket)]
+            elif isinstance(result, BaseException):
                 log.warning("could not record %s token reads of %s: %s", tallies[(key, account_id, bucket)].count,
                             account_id, type(result).__name__)
+        if unwritten:
+            log.warning("could not record the token reads of %s accounts yet (%s); kept for the next flush",
+                        len({account_id for _, account_id, _ in unwritten}),
+                        ", ".join(sorted({type(r).__name__ for r in results if isinstance(r, _NOT_WRITTEN)})))
+            self._keep(unwritten)
         return written
+
+    def _keep(self, tallies: dict[tuple[str, uuid.UUID, int], _Tally]) -> None:
+        """Put tallies that were not written back, merged with any counted meanwhile."""
+        for group, tally in tallies.items():
+            held = self._tallies.get(group)
+            if held is None:
+                self._tallies[group] = tally
+            else:
+                held.count += tally.count
+                held.first_at = min(held.first_at, tally.first_at)
+                held.last_at = max(held.last_at, tally.last_at)
 
     async def _load_states(self, account_ids: set[uuid.UUID]) -> dict[uuid.UUID, AccountState]:
         """The accounts' states from their head snapshots, in one query (those whose snapshot is
@@ -114,12 +143,25 @@ class AccessRecorder:
         return bool(events)
 
 
-async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0) -> None:
+async def run_access_flusher(recorder: AccessRecorder, interval: float = 5.0, *, final_attempts: int = 3) -> None:
     try:
         while True:
             await asyncio.sleep(interval)
             if recorder.pending:
-                await recorder.flush(paced_over=interval)
+                try:
+                    await recorder.flush(paced_over=interval)
+                except Exception as exc:  # e.g. no connection to be had: the tallies were kept, try again later
+                    log.warning("access log flush failed: %s; retrying at the next flush", type(exc).__name__)
     finally:
-        if recorder.pending:  # on shutdown: write what was counted
-            await asyncio.shield(recorder.flush(everything=True))
+        # On shutdown: write what was counted, a few times over if the database refuses for a moment.
+        for attempt in range(final_attempts):
+            if not recorder.pending:
+                break
+            if attempt:
+                await asyncio.shield(asyncio.sleep(1.0))
+            try:
+                await asyncio.shield(recorder.flush(everything=True))
+            except Exception as exc:
+                log.warning("access log flush at shutdown failed: %s", type(exc).__name__)
+        if recorder.pending:
+            log.error("%s tallies of token reads could not be recorded at shutdown", recorder.pending)

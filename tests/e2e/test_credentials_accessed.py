@@ -71,3 +71,30 @@ async def test_a_paced_flush_writes_the_oldest_closed_tallies_first_and_a_share_
     assert not any(key[1] in older for key in recorder._tallies)
     await recorder.flush()  # unpaced: every closed tally
     assert recorder.pending == 1
+
+
+async def test_reads_whose_append_the_database_refused_are_kept_for_the_next_flush(gateway, monkeypatch):
+    admin = await gateway.headers("admin")
+    reader = await gateway.headers("service", "prod")
+    await gateway.client.put("/v1/environments/prod/integrations/salesforce", json=INTEGRATION, headers=admin)
+    account = (await (await gateway.client.post("/v1/environments/prod/accounts", json=truto_record(2),
+                                                headers=admin)).json())["account"]["id"]
+    for _ in range(4):
+        assert (await gateway.client.get(f"/v1/accounts/{account}/token", headers=reader)).status == 200
+    recorder = gateway.client.app[ACCESS_RECORDER]
+    append = recorder._append
+
+    async def refused(*args):
+        raise asyncpg.TooManyConnectionsError("sorry, too many clients already")
+
+    groups = recorder.pending  # one, or two if a minute turned over between the reads
+    monkeypatch.setattr(recorder, "_append", refused)
+    assert await recorder.flush(everything=True) == 0 and recorder.pending == groups  # kept, not dropped
+    monkeypatch.setattr(recorder, "_append", append)
+    assert await recorder.flush(everything=True) == groups and recorder.pending == 0
+    conn = await asyncpg.connect(gateway.database_url)
+    try:
+        rows = await conn.fetch("SELECT data FROM events WHERE type = 'CredentialsAccessed'")
+    finally:
+        await conn.close()
+    assert sum(json.loads(r["data"])["count"] for r in rows) == 4 and len(rows) == groups
