@@ -3,7 +3,6 @@ from 16 concurrent tasks, against the raw asyncpg INSERT, one row per transactio
 same kind of pool (`ceiling`) and on dedicated connections (`ceiling_dedicated`)."""
 
 import asyncio
-import time
 import uuid
 
 import asyncpg

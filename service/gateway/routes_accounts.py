@@ -10,7 +10,6 @@ from datetime import datetime
 import orjson
 from aiohttp import web
 
-from events.hashing import format_instant
 from projections import account_fold
 from service.domain.account import AccountState
 from service.domain.commands import DeleteAccount
