@@ -36,7 +36,8 @@ class Tables:
 class HeapChunk:
     """Blocks [first, stop) of the events table's heap. A rebuild builds inside PostgreSQL chunk by chunk:
     chunks of the heap split the log into disjoint parts that each read cheaply (a TID range scan),
-    with no walk of an index and no order between them."""
+    with no walk of an index and no order between them. Events never move between blocks: the log
+    is append-only (its triggers refuse UPDATE and DELETE)."""
 
     first: int
     stop: int

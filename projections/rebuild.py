@@ -180,16 +180,12 @@ async def _build(builders: Sequence[asyncpg.Connection], projections: Sequence[P
                  chunks: Sequence[HeapChunk], advance: Callable[[int], None]) -> None:
     """The build lane: the projections built inside PostgreSQL, up to `end`, chunk by chunk on `builders`
     at once, then their indexes."""
-    for projection in projections:
-        if hasattr(projection, "build_lookups"):
-            await _on_connections(builders, [lambda conn, chunk=chunk: projection.build_lookups(conn, FRESH, end, chunk)
-                                             for chunk in chunks])
+    await _on_connections(builders, [lambda conn, p=p, chunk=chunk: p.build_lookups(conn, FRESH, end, chunk)
+                                     for p in projections if hasattr(p, "build_lookups") for chunk in chunks])
 
     async def build(conn: asyncpg.Connection, chunk: HeapChunk) -> None:
-        events = 0
-        for projection in projections:
-            events = await projection.build_chunk(conn, FRESH, end, chunk)
-        advance(events)
+        covered = [await projection.build_chunk(conn, FRESH, end, chunk) for projection in projections]
+        advance(max(covered))  # each covers the same events of the chunk
 
     await _on_connections(builders, [lambda conn, chunk=chunk: build(conn, chunk) for chunk in chunks])
     for projection in projections:
