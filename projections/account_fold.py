@@ -41,39 +41,43 @@ def evolve_in_place(state: Payload, type_: str, data: Payload) -> Payload:
     at = data.get("at")
     if type_ not in READS:
         state["updated_at"] = at
-    if type_ == "AccountConnecting":
-        for name in ("environment", "integration", "tenant_id", "external_ref", "authentication_method", "context",
-                     "source"):
-            state[name] = data.get(name)
-        state["context"] = data.get("context", {})
-        state["status"] = "connecting"
-        state["created_at"] = at
+    # Branches in order of how common the event types are in a log (most are refreshes).
+    if type_ == "TokenRefreshed":
+        state["expires_at"] = data.get("expires_at")
+        state["scopes"] = list(data.get("scopes", []))
+        state["fingerprints"] = data["fingerprints"]
+        state["last_refreshed_at"] = at
+        state["consecutive_refresh_failures"] = 0
+    elif type_ == "TokenRefreshFailed":
+        state["consecutive_refresh_failures"] += 1
     elif type_ == "TokensImported":
         if data.get("external_ref") is not None:
             state["external_ref"] = data["external_ref"]
         state.update(source=data["source"], token_type=data.get("token_type"), expires_at=data.get("expires_at"),
                      scopes=list(data.get("scopes", [])), fingerprints=data["fingerprints"],
                      context=data.get("context", {}), consecutive_refresh_failures=0)
+    elif type_ == "AccountOverrideChanged":
+        restored = data.get("document")  # a roll-back replaces the whole document
+        state.update(override=restored if restored is not None else compose_patches(state["override"], data["merge_patch"]),
+                     override_hash=data["resulting_hash"], override_version=state["version"])
     elif type_ == "AccountValidated":
         state.update(status="active", status_reason=None)
-    elif type_ == "ValidationFailed":
-        state.update(status="validation_error", status_reason=data.get("reason"))
-    elif type_ == "PostInstallFailed":
-        state.update(status="post_install_error", status_reason=data.get("reason"))
-    elif type_ == "TokenRefreshed":
-        state.update(expires_at=data.get("expires_at"), scopes=list(data.get("scopes", [])),
-                     fingerprints=data["fingerprints"], last_refreshed_at=at, consecutive_refresh_failures=0)
-    elif type_ == "TokenRefreshFailed":
-        state["consecutive_refresh_failures"] += 1
+    elif type_ == "AccountConnecting":
+        for name in ("environment", "integration", "tenant_id", "external_ref", "authentication_method", "context",
+                     "source"):
+            state[name] = data.get(name)
+        state["context"] = data.get("context", {})
+        state["status"] = "connecting"
+        state["created_at"] = at
     elif type_ == "AccountNeedsReauth":
         state.update(status="needs_reauth", status_reason=data["reason"], needs_reauth_since=data["since"])
     elif type_ == "AccountReactivated":
         state.update(status="active", status_reason=None, needs_reauth_since=None,
                      reactivation_count=state["reactivation_count"] + 1)
-    elif type_ == "AccountOverrideChanged":
-        restored = data.get("document")  # a roll-back replaces the whole document
-        state.update(override=restored if restored is not None else compose_patches(state["override"], data["merge_patch"]),
-                     override_hash=data["resulting_hash"], override_version=state["version"])
+    elif type_ == "ValidationFailed":
+        state.update(status="validation_error", status_reason=data.get("reason"))
+    elif type_ == "PostInstallFailed":
+        state.update(status="post_install_error", status_reason=data.get("reason"))
     elif type_ == "AccountContextChanged":
         state["context"] = merge_patch(state["context"], data["merge_patch"])
     elif type_ == "AccountDeleted":

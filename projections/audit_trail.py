@@ -5,7 +5,7 @@ from typing import Sequence
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import Tables
+from projections.framework import HeapChunk, Tables
 from projections.source import LoggedEvent
 
 COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integration", "stream_id", "account_id",
@@ -78,7 +78,7 @@ class AuditTrailSession:
         self.rows.append(audit_row(event, scope))
 
     async def save(self, conn: asyncpg.Connection, tables: Tables, *, bulk: bool) -> None:
-        # A rebuild fills this projection with build_range; sessions only ever run live.
+        # A rebuild fills this projection with build_chunk; sessions only ever run live.
         rows, self.rows = self.rows, []
         scopes, self.new_scopes = self.new_scopes, []
         if scopes:
@@ -93,30 +93,37 @@ class AuditTrailSession:
             )
 
 
-# A rebuild fills audit_trail inside PostgreSQL, one range of the log at a time, beside the Python
-# fold of the other projections: one row per event needs no fold, only the same rules as audit_row
-# and scope_of_first_event above, written in SQL (the live-equals-rebuild test holds them together).
-_BUILD_STREAMS = """
-INSERT INTO {streams} (stream_id, environment, integration)
-SELECT stream_id,
-       CASE WHEN type = 'AccountConnecting' OR stream_id LIKE 'integration-%' OR stream_id LIKE 'environment-%'
-            THEN data::jsonb->>'environment' END,
-       CASE WHEN type = 'AccountConnecting' THEN data::jsonb->>'integration'
-            WHEN stream_id LIKE 'integration-%' THEN coalesce(data::jsonb->>'name', data::jsonb->>'integration') END
-  FROM events
- WHERE (tx, position) > ($1::xid8, $2::bigint) AND (tx, position) <= ($3::xid8, $4::bigint) AND version = 1
+# A rebuild fills audit_trail inside PostgreSQL, one heap chunk of the log at a time (several at once),
+# beside the Python fold of the other projections: one row per event needs no fold, only the same
+# rules as audit_row and scope_of_first_event above, written in SQL (the live-equals-rebuild test holds
+# them together). Every stream's scope is built before any row: a stream's first event may lie in any
+# chunk. $1, $2: the rebuild's end; $3, $4: the chunk's ctid bounds.
+_IN_CHUNK = "e.ctid >= $3::tid AND e.ctid < $4::tid AND (e.tx, e.position) <= ($1::xid8, $2::bigint)"
+_BUILD_STREAMS = f"""
+INSERT INTO {{streams}} (stream_id, environment, integration)
+SELECT e.stream_id,
+       CASE WHEN e.type = 'AccountConnecting' OR e.stream_id LIKE 'integration-%' OR e.stream_id LIKE 'environment-%'
+            THEN e.data::jsonb->>'environment' END,
+       CASE WHEN e.type = 'AccountConnecting' THEN e.data::jsonb->>'integration'
+            WHEN e.stream_id LIKE 'integration-%' THEN coalesce(e.data::jsonb->>'name', e.data::jsonb->>'integration') END
+  FROM events e
+ WHERE {_IN_CHUNK} AND e.version = 1
 ON CONFLICT (stream_id) DO NOTHING
 """
-_BUILD_ROWS = """
-INSERT INTO {trail} ({columns})
+_BUILD_ROWS = f"""
+INSERT INTO {{trail}} ({{columns}})
 SELECT e.tx, e.position, e.event_id, e.occurred_at, s.environment, s.integration, e.stream_id,
        CASE WHEN e.stream_id LIKE 'account-%' THEN substr(e.stream_id, 9)::uuid END, e.version, e.actor, e.type,
        CASE WHEN e.type = ANY($5::text[]) THEN 'failure' ELSE 'success' END, e.correlation_id, e.causation_id,
        e.data::jsonb
-  FROM events e LEFT JOIN {streams} s ON s.stream_id = e.stream_id
- WHERE (e.tx, e.position) > ($1::xid8, $2::bigint) AND (e.tx, e.position) <= ($3::xid8, $4::bigint)
- ORDER BY e.tx, e.position
+  FROM events e LEFT JOIN {{streams}} s ON s.stream_id = e.stream_id
+ WHERE {_IN_CHUNK}
 """
+
+
+def inserted(status: str) -> int:
+    """The row count of an INSERT's command status ("INSERT 0 <rows>")."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 class AuditTrail:
@@ -126,16 +133,17 @@ class AuditTrail:
     def session(self) -> AuditTrailSession:
         return AuditTrailSession()
 
-    async def build_ordered(self, conn: asyncpg.Connection, tables: Tables, after: LogPosition,
-                            upto: LogPosition) -> None:
-        """Rebuild only, range by range in log order: the scopes the streams begun in (after, upto] name."""
+    async def build_lookups(self, conn: asyncpg.Connection, tables: Tables, upto: LogPosition,
+                            chunk: HeapChunk) -> None:
+        """Rebuild only: the scopes named by the streams begun in `chunk` (events up to `upto`)."""
         await conn.execute(_BUILD_STREAMS.format(streams=tables("audit_trail_streams")),
-                           after.tx, after.position, upto.tx, upto.position)
+                           upto.tx, upto.position, *chunk.tids())
 
-    async def build_range(self, conn: asyncpg.Connection, tables: Tables, after: LogPosition,
-                          upto: LogPosition) -> None:
-        """Rebuild only, beside other ranges: the rows of the events in (after, upto], every one of them
-        committed, their streams' scopes already built (build_ordered of this range and all before)."""
-        await conn.execute(_BUILD_ROWS.format(trail=tables("audit_trail"), streams=tables("audit_trail_streams"),
-                                              columns=", ".join(COLUMNS)),
-                           after.tx, after.position, upto.tx, upto.position, sorted(FAILURES))
+    async def build_chunk(self, conn: asyncpg.Connection, tables: Tables, upto: LogPosition,
+                          chunk: HeapChunk) -> int:
+        """Rebuild only, after every chunk's build_lookups: the rows of the events up to `upto` in `chunk`
+        (every one of them committed); returns how many."""
+        return inserted(await conn.execute(
+            _BUILD_ROWS.format(trail=tables("audit_trail"), streams=tables("audit_trail_streams"),
+                               columns=", ".join(COLUMNS)),
+            upto.tx, upto.position, *chunk.tids(), sorted(FAILURES)))

@@ -32,6 +32,21 @@ class Tables:
         return f"{base}{self.suffix}"
 
 
+@dataclass(frozen=True)
+class HeapChunk:
+    """Blocks [first, stop) of the events table's heap. A rebuild builds inside PostgreSQL chunk by chunk:
+    chunks of the heap split the log into disjoint parts that each read cheaply (a TID range scan),
+    with no walk of an index and no order between them. Events never move between blocks: the log
+    is append-only (its triggers refuse UPDATE and DELETE)."""
+
+    first: int
+    stop: int
+
+    def tids(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(from, below): the bounds of `ctid` in the chunk, for SQL."""
+        return (self.first, 0), (self.stop, 0)
+
+
 class Session(Protocol):
     async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None: ...
 
@@ -46,8 +61,11 @@ class Projection(Protocol):
 
     def session(self) -> Session: ...
 
-    # Optional: `async def build_range(conn, tables, after, upto)` fills fresh tables with the rows of
-    # the events in (after, upto] inside PostgreSQL; a rebuild then uses it instead of a session.
+    # Optional, for a projection a rebuild builds inside PostgreSQL instead of folding it in a session:
+    # `async def build_lookups(conn, tables, upto, chunk)` fills what the rows of any chunk look up
+    # (from the events up to `upto` in one HeapChunk; every chunk's before any chunk's rows), and
+    # `async def build_chunk(conn, tables, upto, chunk) -> int` the rows of the events up to `upto` in
+    # that chunk, returning how many events it covered.
 
 
 def checkpoint_table(projection: Projection, tables: Tables) -> str:

@@ -1,11 +1,15 @@
 """Blue/green rebuild: fresh tables are built beside the live ones, caught up, and swapped in.
 
 1. Drop what a crashed rebuild left behind and create the fresh ("__next") tables.
-2. Scan the log once in (tx, position) order: fold in memory and write with COPY (or, for a
-   projection that can, have PostgreSQL build each scanned range beside the fold, on `builders`
-   connections at once), then index.
-3. Catch up on what was appended meanwhile, outside any lock.
-4. In one transaction: lock the live tables (the live runner and readers wait a moment), apply the
+2. Fix the rebuild's end: the last event below the snapshot horizon. Every event up to it has
+   committed, so every statement after sees the same log up to there, however it reads it.
+3. Build up to that end in two lanes at once. Fold: one ordered scan folded in memory for the
+   projections folded in Python, written with COPY, then indexed. Build: the projections that can
+   (`build_chunk`) are built inside PostgreSQL chunk by chunk of the events' heap, on `builders`
+   connections at once, then indexed there, several indexes at once (the per-row work there is most
+   of a rebuild: it goes on while Python folds, and more than one core helps).
+4. Catch up on what was appended past the end meanwhile, outside any lock.
+5. In one transaction: lock the live tables (the live runner and readers wait a moment), apply the
    last few events, drop the live tables and rename the fresh ones (indexes too). Readers are
    served from the old tables until that commit and from the new ones after it, never from both
    or from a half-built one. A crash anywhere before the commit leaves the live tables as they were.
@@ -13,20 +17,40 @@
 
 import asyncio
 import gc
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import GREEN, Projection, Tables, apply_batch, read_checkpoint, write_checkpoint
-from projections.source import READ_AFTER, count_after, decode_rows, read_after
+from projections.framework import (GREEN, HeapChunk, Projection, Tables, apply_batch, read_checkpoint,
+                                   write_checkpoint)
+from projections.source import READ_BETWEEN, count_upto, decode_rows, log_end, read_after
 
 LIVE, FRESH = Tables(), Tables(GREEN)
 Progress = Callable[[int, int], None]  # (events done, events in total so far)
+T = TypeVar("T")
+
+# About 32 chunks of the heap whatever the log's size (progress moves in small steps and connections
+# finish together), but none so small that per-statement work dominates.
+_CHUNKS = 32
+_MIN_CHUNK_BLOCKS = 128
+_PAST_LAST_BLOCK = 0xFFFFFFFF  # no heap block has this number: the last chunk reaches the heap's end
+
+# Every rebuild connection: no JIT (it compiles each chunk's statement for longer than it saves), hash
+# joins and sorts in memory, index builds sorting in memory, and commits that do not wait for their WAL
+# to reach disk (only the swap's commit must be durable, and it sets so: a commit flushes all WAL
+# before it, so every fresh row is durable once the swap is).
+_SESSION = {"jit": "off", "work_mem": "64MB", "maintenance_work_mem": "256MB", "synchronous_commit": "off"}
 
 
 def all_tables(projection: Projection) -> list[str]:
     return [*projection.tables, f"{projection.name}_checkpoint"]
+
+
+def live_name(base: str, fresh_name: str) -> str:
+    """The name a fresh table's index or constraint takes once the table is live."""
+    fresh = FRESH.name(base)
+    return f"{base}{fresh_name[len(fresh):]}" if fresh_name.startswith(fresh) else fresh_name
 
 
 async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> None:
@@ -34,87 +58,138 @@ async def _create_fresh(conn: asyncpg.Connection, projection: Projection) -> Non
         for base in all_tables(projection):
             await conn.execute(f"DROP TABLE IF EXISTS {FRESH(base)}")
         await conn.execute("SELECT ll_projection_tables($1, $2)", projection.name, GREEN)
+        # Constraints named after their table (CHECK, NOT NULL) take their live names now: such a name
+        # is the table's own, and the swap renames only tables and indexes (with the constraints an
+        # index backs).
+        for base in all_tables(projection):
+            for (name,) in await conn.fetch("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1)"
+                                            " AND contype NOT IN ('p', 'u', 'x')", FRESH(base)):
+                if live_name(base, name) != name:
+                    await conn.execute(f'ALTER TABLE {FRESH(base)} RENAME CONSTRAINT "{name}"'
+                                       f' TO "{live_name(base, name)}"')
 
 
-async def _scan(reader: asyncpg.Connection, builders: Sequence[asyncpg.Connection], projections: Sequence[Projection],
-                page: int, progress: Progress | None) -> tuple[LogPosition, int]:
-    """Fold the whole log into the fresh tables. Three things overlap: `reader` fetches the next page,
-    this loop folds the current one in Python, and PostgreSQL builds the pages scanned so far for the
-    projections that build inside it (`build_range`), several pages at once, one per builder
-    connection (the per-row work there is most of a rebuild: more than one core helps)."""
-    in_database = [p for p in projections if hasattr(p, "build_range")]
-    folded = [p for p in projections if not hasattr(p, "build_range")]
-    sessions = [p.session() for p in folded]
-    # A projection folded alone in Python may bring a narrower scan of its own (`scan`: query and extra
-    # arguments, rows starting with tx and position, for its session's `apply_scanned`).
-    narrow = folded[0].scan if len(folded) == 1 and hasattr(folded[0], "scan") else None
-    query, extra = narrow or (READ_AFTER, ())
-    after, done = LogPosition.start(), 0
-    total = await count_after(reader, after)
+def builds_inside(projection: Projection) -> bool:
+    return hasattr(projection, "build_chunk")
 
-    def fetch(position: LogPosition) -> asyncio.Task:
-        return asyncio.ensure_future(reader.fetch(query, position.tx, position.position, page, *extra))
 
-    async def build(conn: asyncpg.Connection, start: LogPosition, end: LogPosition,
-                    previous: asyncio.Future, ordered: asyncio.Future) -> None:
-        # A range's `build_ordered` part (e.g. what later ranges look up) runs after the previous
-        # range's, in log order; its `build_range` part runs beside other ranges'.
-        try:
-            await previous
-            for projection in in_database:
-                if hasattr(projection, "build_ordered"):
-                    await projection.build_ordered(conn, FRESH, start, end)
-        except asyncio.CancelledError:
-            ordered.cancel()
-            raise
-        except Exception as exc:
-            ordered.set_exception(exc)
-            raise
-        ordered.set_result(None)
-        for projection in in_database:
-            await projection.build_range(conn, FRESH, start, end)
+def heap_chunks(blocks: int) -> list[HeapChunk]:
+    """Chunks covering a heap of `blocks` blocks and anything past them."""
+    size = max(_MIN_CHUNK_BLOCKS, -(-blocks // _CHUNKS))
+    starts = list(range(0, blocks, size)) or [0]
+    return [HeapChunk(first, stop) for first, stop in zip(starts, [*starts[1:], _PAST_LAST_BLOCK])]
 
-    ordered: asyncio.Future = asyncio.get_running_loop().create_future()
-    ordered.set_result(None)
-    building: list[asyncio.Task | None] = [None] * len(builders)
-    pending, ranges = fetch(after), 0
+
+async def _all_or_none(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Await `jobs` together; when one fails, cancel the others and wait for them before raising (so no
+    connection is left mid-statement when it is closed)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
     try:
-        while True:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _on_connections(conns: Sequence[asyncpg.Connection],
+                          jobs: Sequence[Callable[[asyncpg.Connection], Awaitable[T]]]) -> list[T]:
+    """Run `jobs` in order on `conns`, each connection taking the next job as soon as it is free."""
+    results: list[T] = [None] * len(jobs)  # type: ignore[list-item]
+    queue = iter(enumerate(jobs))
+
+    async def work(conn: asyncpg.Connection) -> None:
+        for index, job in queue:
+            results[index] = await job(conn)
+
+    await _all_or_none([work(conn) for conn in conns])
+    return results
+
+
+class _Lanes:
+    """Events done in each lane of a rebuild; the rebuild is as far as its slowest lane."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done: list[int] = []
+        self.total = total
+        self.progress = progress
+
+    def lane(self) -> Callable[[int], None]:
+        """A new lane's counter: call it with how many more events that lane is done with."""
+        index = len(self.done)
+        self.done.append(0)
+
+        def advance(events: int) -> None:
+            self.done[index] += events
+            if self.progress:
+                self.progress(min(self.done), self.total)
+        return advance
+
+
+async def _index(conns: Sequence[asyncpg.Connection], projection: Projection) -> None:
+    """Build the fresh tables' indexes (several at once where `conns` allow) and their statistics."""
+    steps: dict[int, list[str]] = {}
+    for step, statement in await conns[0].fetch("SELECT step, statement FROM ll_projection_index_steps($1, $2)",
+                                                projection.name, GREEN):
+        steps.setdefault(step, []).append(statement)
+    for step in sorted(steps):
+        await _on_connections(conns, [lambda conn, ddl=ddl: conn.execute(ddl) for ddl in steps[step]])
+    await _on_connections(conns, [lambda conn, base=base: conn.execute(f"ANALYZE {FRESH(base)}")
+                                  for base in projection.tables])
+
+
+async def _fold(reader: asyncpg.Connection, projections: Sequence[Projection], end: LogPosition, page: int,
+                advance: Callable[[int], None]) -> None:
+    """The fold lane: scan the log up to `end` once, in (tx, position) order, fold it into the sessions of
+    `projections` in memory, write them with COPY and index them. `reader` fetches the next page while
+    this folds the current one."""
+    sessions = [p.session() for p in projections]
+    # A projection folded alone may bring a narrower scan of its own (`scan`: query and extra arguments,
+    # rows starting with tx and position, for its session's `apply_scanned`).
+    narrow = projections[0].scan if len(projections) == 1 and hasattr(projections[0], "scan") else None
+    query, extra = narrow or (READ_BETWEEN, ())
+
+    def fetch(after: LogPosition) -> asyncio.Future:
+        return asyncio.ensure_future(reader.fetch(query, after.tx, after.position, page, end.tx, end.position, *extra))
+
+    pending: asyncio.Future | None = fetch(LogPosition.start())
+    try:
+        while pending is not None:
             rows = await pending
-            start = after
-            if rows:
-                after = LogPosition(rows[-1][0], rows[-1][1])
-            last_page = len(rows) < page
-            if not last_page:
-                pending = fetch(after)
-            slot = ranges % len(builders)
-            if building[slot] is not None:
-                await building[slot]
-            previous, ordered = ordered, asyncio.get_running_loop().create_future()
-            building[slot] = asyncio.ensure_future(build(builders[slot], start, after, previous, ordered))
-            ranges += 1
+            pending = fetch(LogPosition(rows[-1][0], rows[-1][1])) if len(rows) == page else None
             if narrow:
                 sessions[0].apply_scanned(rows)
-            elif sessions:
+            else:
                 events = decode_rows(rows)
                 for session in sessions:
                     apply = session.apply
                     for event in events:
                         apply(event)
-            done += len(rows)
-            if progress:
-                progress(done, max(total, done))
-            if last_page:
-                break
+            advance(len(rows))
     finally:
-        # Whatever happens, no builder is left mid-statement (its connection is closed next).
-        await asyncio.gather(*(task for task in building if task is not None), return_exceptions=True)
-    for task in building:
-        if task is not None:
-            task.result()
+        if pending is not None:  # failed midway: the next page's fetch is still out
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
     for session in sessions:
-        await session.save(builders[0], FRESH, bulk=True)
-    return after, done
+        await session.save(reader, FRESH, bulk=True)
+    for projection in projections:
+        await _index([reader], projection)
+
+
+async def _build(builders: Sequence[asyncpg.Connection], projections: Sequence[Projection], end: LogPosition,
+                 chunks: Sequence[HeapChunk], advance: Callable[[int], None]) -> None:
+    """The build lane: the projections built inside PostgreSQL, up to `end`, chunk by chunk on `builders`
+    at once, then their indexes."""
+    await _on_connections(builders, [lambda conn, p=p, chunk=chunk: p.build_lookups(conn, FRESH, end, chunk)
+                                     for p in projections if hasattr(p, "build_lookups") for chunk in chunks])
+
+    async def build(conn: asyncpg.Connection, chunk: HeapChunk) -> None:
+        covered = [await projection.build_chunk(conn, FRESH, end, chunk) for projection in projections]
+        advance(max(covered))  # each covers the same events of the chunk
+
+    await _on_connections(builders, [lambda conn, chunk=chunk: build(conn, chunk) for chunk in chunks])
+    for projection in projections:
+        await _index(builders, projection)
 
 
 async def _catch_up(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
@@ -150,18 +225,17 @@ async def _swap_retrying(conn: asyncpg.Connection, projection: Projection, page:
 async def _swap(conn: asyncpg.Connection, projection: Projection, page: int) -> int:
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'")
+        await conn.execute("SET LOCAL synchronous_commit = on")  # the swap, and all built before it, durable
         live = ", ".join(LIVE(base) for base in all_tables(projection))
         await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
         caught = await _catch_up(conn, projection, page)
         for base in all_tables(projection):
             await conn.execute(f"DROP TABLE {LIVE(base)}")
-            fresh = f"{base}{GREEN}"
-            for index in await conn.fetch(
+            for (name,) in await conn.fetch(
                     "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                     " WHERE i.indrelid = to_regclass($1)", FRESH(base)):
-                name = index["relname"]
-                if name.startswith(fresh):
-                    await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{base}{name[len(fresh):]}"')
+                if live_name(base, name) != name:
+                    await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{live_name(base, name)}"')
             await conn.execute(f"ALTER TABLE {FRESH(base)} RENAME TO {LIVE(base)}")
     return caught
 
@@ -169,33 +243,41 @@ async def _swap(conn: asyncpg.Connection, projection: Projection, page: int) -> 
 async def rebuild(dsn: str, projections: Sequence[Projection], *, page: int = 20_000,
                   progress: Progress | None = None, builders: int = 2) -> int:
     """Rebuild `projections` from the whole log and swap them in. `dsn` must connect as a role that
-    owns the tables. Returns how many events the scan folded."""
-    # Index builds after the load sort in memory when they may.
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild",
-                                                       "maintenance_work_mem": "256MB"})
-    reader = await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild-scan"})
-    extra_builders = [await asyncpg.connect(dsn, server_settings={"application_name": "linkledger-rebuild-build"})
-                      for _ in range(builders - 1)]
+    owns the tables. Returns how many events the rebuild built from (those up to its end)."""
+    async def connect(role: str) -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, server_settings={"application_name": f"linkledger-rebuild{role}", **_SESSION})
+
+    in_database = [p for p in projections if builds_inside(p)]
+    folded = [p for p in projections if not builds_inside(p)]
+    conn = await connect("")
+    reader = await connect("-scan")
+    extra_builders = [await connect("-build") for _ in range(builders - 1)]
     try:
         for projection in projections:
             await _create_fresh(conn, projection)
+        end = await log_end(conn)
+        total = await count_upto(conn, end)
+        blocks = await conn.fetchval("SELECT pg_relation_size('events') / current_setting('block_size')::int")
+        lanes = _Lanes(total, progress)
+        jobs = []
+        if folded:
+            jobs.append(_fold(reader, folded, end, page, lanes.lane()))
+        if in_database:
+            jobs.append(_build([conn, *extra_builders], in_database, end, heap_chunks(blocks), lanes.lane()))
         # The fold allocates millions of acyclic objects; the cyclic collector walking them over and
         # over costs more than the fold itself, and there is nothing for it to find.
         gc.disable()
         try:
-            after, done = await _scan(reader, [conn, *extra_builders], projections, page, progress)
+            await _all_or_none(jobs)
         finally:
             gc.enable()
         for projection in projections:
             async with conn.transaction():
-                await write_checkpoint(conn, projection, FRESH, after, done)
-            await conn.execute("SELECT ll_projection_indexes($1, $2)", projection.name, GREEN)
-            for base in projection.tables:
-                await conn.execute(f"ANALYZE {FRESH(base)}")
+                await write_checkpoint(conn, projection, FRESH, end, total)
         for projection in projections:
             await _catch_up(conn, projection, page)
             await _swap_retrying(conn, projection, page)
-        return done
+        return total
     finally:
         for builder in extra_builders:
             await builder.close()

@@ -38,6 +38,15 @@ READ_AFTER = (
 )
 
 
+# A rebuild reads the log up to an end fixed at its start (see `log_end`), so needs no horizon.
+READ_BETWEEN = (
+    "SELECT tx, position, event_id, stream_id, version, type, data, occurred_at, actor, correlation_id, causation_id"
+    " FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND (tx, position) <= ($4::xid8, $5::bigint)"
+    " ORDER BY tx, position LIMIT $3"
+)
+LAST_BELOW_HORIZON = f"SELECT tx, position FROM events WHERE tx < {HORIZON} ORDER BY tx DESC, position DESC LIMIT 1"
+
+
 def decode_rows(rows: list[asyncpg.Record]) -> list[LoggedEvent]:
     loads = json.loads
     return [LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7], r[8], r[9], r[10], r[6]) for r in rows]
@@ -47,7 +56,13 @@ async def read_after(conn: asyncpg.Connection, after: LogPosition, limit: int) -
     return decode_rows(await conn.fetch(READ_AFTER, after.tx, after.position, limit))
 
 
-async def count_after(conn: asyncpg.Connection, after: LogPosition) -> int:
-    """How many events lie past `after` (committed now); what a rebuild's progress counts towards."""
-    return await conn.fetchval("SELECT count(*) FROM events WHERE (tx, position) > ($1::xid8, $2::bigint)",
-                               after.tx, after.position)
+async def log_end(conn: asyncpg.Connection) -> LogPosition:
+    """The last event below the snapshot horizon now: every event up to it has committed, so any later
+    statement sees the same log up to there, however it reads it."""
+    row = await conn.fetchrow(LAST_BELOW_HORIZON)
+    return LogPosition(int(row[0]), row[1]) if row else LogPosition.start()
+
+
+async def count_upto(conn: asyncpg.Connection, end: LogPosition) -> int:
+    return await conn.fetchval("SELECT count(*) FROM events WHERE (tx, position) <= ($1::xid8, $2::bigint)",
+                               end.tx, end.position)
