@@ -46,7 +46,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 _SCALARS = (str, int, type(None))  # bool is an int
 
 
-def _holds_exactly(value: Any) -> bool:
+def holds_exactly(value: Any) -> bool:
     """Only what JSON holds exactly: objects with string keys, arrays (lists, not tuples: a tuple
     would come back a list), strings, integers, booleans and null; no floats."""
     pending = [value]
@@ -87,7 +87,7 @@ class CanonicalJson(str):
 def canonical_json(value: Any, *, what: str = "data", limit: int = MAX_PAYLOAD_BYTES) -> CanonicalJson:
     """Encode `value` canonically, refusing floats, non-JSON values and oversized payloads."""
     try:
-        if not isinstance(value, dict) or not _holds_exactly(value):
+        if not isinstance(value, dict) or not holds_exactly(value):
             raise ValueError("not a JSON object of exact values")
         encoded = canonical_bytes(value)
     except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) is a ValueError

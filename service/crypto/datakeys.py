@@ -14,7 +14,6 @@ another replica stops being served from this one's cache within `cache_ttl` seco
 
 import asyncio
 import os
-import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ _ATTEMPTS = 3  # for the (astronomically rare) key_id collision, or a deadlock b
 
 
 def new_key_id() -> str:
-    return "dk_" + secrets.token_hex(8)
+    return "dk_" + os.urandom(8).hex()
 
 
 class DataKeyError(Exception):
