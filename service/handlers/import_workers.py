@@ -8,8 +8,10 @@ hold the keyring and the audit key but no connection, and write nothing themselv
 """
 
 import asyncio
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import datetime
 
@@ -19,6 +21,8 @@ from service.crypto.keyring import Keyring
 from service.domain.commands import ImportAccount
 from service.domain.integration import IntegrationState
 from service.handlers.uow import UnitOfWork
+
+log = logging.getLogger("linkledger.import")
 
 _worker_uow: UnitOfWork | None = None  # in a worker process: its keyring and audit key, no pool
 
@@ -40,15 +44,20 @@ def _prepare(job, integrations, now: datetime, actor: str, correlation_id):
 
 
 class ImportWorkers:
-    """A pool of `processes` import workers, started with `start` and stopped with `close`."""
+    """A pool of `processes` import workers, started with `start` and stopped with `close`. A
+    worker that dies (killed, out of memory) costs no import: the chunks it held are prepared in
+    the serving process, and a fresh pool takes the next ones."""
 
     def __init__(self, keyring: Keyring, fingerprinter: Fingerprinter, processes: int):
+        self._keyring, self._fingerprinter, self._processes = keyring, fingerprinter, processes
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
         # forkserver: workers start from a clean process, not a copy of a running event loop.
-        self._executor = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_start_worker, initargs=(keyring, fingerprinter),
+        return ProcessPoolExecutor(
+            self._processes, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_start_worker, initargs=(self._keyring, self._fingerprinter),
         )
-        self._processes = processes
 
     async def start(self) -> None:
         """Start every worker now (importing the service takes a while) rather than on first use."""
@@ -60,9 +69,18 @@ class ImportWorkers:
         integrations: dict[tuple[str, str], IntegrationState], now: datetime,
     ) -> list:
         """prepare_new_accounts(job) in a worker, acting as `uow` does."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, _prepare, job, integrations, now, uow.actor, uow.correlation_id)
+        from service.handlers.accounts import prepare_new_accounts
+
+        executor = self._executor
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _prepare, job, integrations, now, uow.actor, uow.correlation_id)
+        except BrokenProcessPool:
+            log.warning("an import worker died; its chunk is prepared in this process, a new pool takes the next")
+            if self._executor is executor:
+                self._executor = self._new_executor()
+                executor.shutdown(wait=False, cancel_futures=True)
+            return prepare_new_accounts(uow, job, integrations, now)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -84,3 +84,28 @@ async def test_workers_prepare_what_the_serving_process_would(uow):
     async with uow.pool.acquire() as conn:
         report = await verify_log(conn)
     assert report.ok, report.as_dict()
+
+
+async def test_a_worker_that_dies_costs_no_import(uow):
+    import os
+    import signal
+
+    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 2)
+    await workers.start()
+    uow.shared.import_workers = workers
+    try:
+        for pid in list(workers._executor._processes):  # as the kernel's OOM killer would
+            os.kill(pid, signal.SIGKILL)
+        first = await import_accounts(parse_import(_lines("workers", 1200), "application/x-ndjson",
+                                                   environment="workers", profile="truto", now=uow.clock()), uow,
+                                      profile="truto")
+        assert [r.outcome for r in first].count("imported") == 1198
+        again = await import_accounts(parse_import(_lines("here", 1200), "application/x-ndjson",
+                                                   environment="here", profile="truto", now=uow.clock()), uow,
+                                      profile="truto")
+        assert [r.outcome for r in again].count("imported") == 1198
+    finally:
+        uow.shared.import_workers = None
+        workers.close()
+    secrets = await current_credentials(uow, first[5].account_id)
+    assert secrets["access_token"] == "at-workers-5"
