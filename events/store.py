@@ -234,8 +234,9 @@ def _snapshot_text(snapshot: dict[str, Any] | str | None) -> str | None:
 
 @dataclass(frozen=True)
 class PreparedStream:
-    """A new stream validated, encoded and hashed, ready for create_prepared: the CPU-bound part
-    of creating it, which may be done in another process (it holds no connection)."""
+    """A new stream validated, encoded and hashed, ready for create_prepared_stream or
+    creation_batch: the CPU-bound part of creating it, which may be done in another process (it
+    holds no connection)."""
 
     stream_id: str
     item: tuple  # (stream_id, rows, snapshot text, companion values), as _create_prepared takes it
@@ -404,11 +405,7 @@ class PostgresEventStore:
         in one transaction; the streams of one call have companions of the same kinds. Returns each
         stream's results, or None for a stream that already existed or that a gate companion refused
         (nothing of it was written)."""
-        return await self.create_prepared([prepare_creation(*stream) for stream in streams])
-
-    async def create_prepared(self, streams: Sequence["PreparedStream"]) -> dict[str, list[AppendResult] | None]:
-        """create_streams for streams `prepare_creation` made."""
-        return await self.create_batch(creation_batch(streams))
+        return await self.create_batch(creation_batch([prepare_creation(*stream) for stream in streams]))
 
     async def create_stream(
         self,
@@ -421,16 +418,17 @@ class PostgresEventStore:
         """Create a new stream with its events, head snapshot and companion rows (see Companion),
         in one statement shared with concurrent creations. None when the stream exists already or a
         gate companion refused it: nothing of it was written then."""
-        rows = self._prepare(stream_id, events, 0)
-        kinds = tuple(companion.kind for companion in companions)
-        item = (stream_id, rows, _snapshot_text(snapshot), tuple(companion.values for companion in companions))
-        creator = self._creators.get(kinds)
+        return await self.create_prepared_stream(prepare_creation(stream_id, events, snapshot, companions))
+
+    async def create_prepared_stream(self, stream: PreparedStream) -> list[AppendResult] | None:
+        """create_stream for a stream `prepare_creation` made."""
+        creator = self._creators.get(stream.kinds)
         if creator is None:
-            creator = self._creators[kinds] = Coalescer(
-                lambda batch: self._create_prepared(batch, kinds), alone_on=self._alone_on)
-        stored = await creator.submit(stream_id, item)
+            creator = self._creators[stream.kinds] = Coalescer(
+                lambda batch, kinds=stream.kinds: self._create_prepared(batch, kinds), alone_on=self._alone_on)
+        stored = await creator.submit(stream.stream_id, stream.item)
         if stored is None:  # not created, or the shared statement failed: alone, to know which
-            stored = (await self._create_prepared([item], kinds))[stream_id]
+            stored = (await self._create_prepared([stream.item], stream.kinds))[stream.stream_id]
         return stored
 
     async def _create_prepared(

@@ -14,7 +14,7 @@ import asyncpg
 from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
-from events.store import Companion, CreationBatch, creation_batch, prepare_creation
+from events.store import Companion, CreationBatch, PreparedStream, creation_batch, prepare_creation
 from service.crypto.datakeys import DataKey
 from service.crypto.envelope import decrypt, encrypt, event_aad
 from service.domain import account as account_domain
@@ -172,16 +172,26 @@ async def _create_account(
     """A new account in one statement, shared with concurrent ones: its data key, its stream and
     its refresh schedule, all or nothing. None when its stream or its key exists already, or a
     gate refused it."""
-    data_key, key_row = uow.data_keys.new_key(stream)
-    state = account_domain.fold(blank, events)
-    stored = await uow.store.create_stream(stream, _to_new_events(uow, stream, events, now, cmd, data_key),
-                                           snapshot=snapshot_json(state),
-                                           companions=(*gates, key_row, _schedule_row(uow, state)))
+    state, data_key, prepared = _new_account_stream(uow, cmd, stream, blank, now, events, gates)
+    stored = await uow.store.create_prepared_stream(prepared)
     if stored is None:
         return None
     uow.data_keys.created(data_key)
     uow.shared.existing_streams.add(stream)
     return ImportOutcome(state.account_id, "imported", state)
+
+
+def _new_account_stream(
+    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list,
+    gates: tuple[Companion, ...] = (),
+) -> tuple[AccountState, DataKey, PreparedStream]:
+    """A new account's stream made ready to create: folded, under a new data key, its events
+    encrypted and encoded, its key and refresh schedule as companions (after `gates`)."""
+    state = account_domain.fold(blank, events)
+    data_key, key_row = uow.data_keys.new_key(stream)
+    prepared = prepare_creation(stream, _to_new_events(uow, stream, events, now, cmd, data_key), snapshot_json(state),
+                                (*gates, key_row, _schedule_row(uow, state)))
+    return state, data_key, prepared
 
 
 def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
@@ -235,10 +245,8 @@ def prepare_new_accounts(
         except DomainError as error:
             rejections.append(Rejection(line, error.field, str(error)))
             continue
-        state = account_domain.fold(blank, events)
-        key, key_row = uow.data_keys.new_key(stream)
-        streams.append(prepare_creation(stream, _to_new_events(uow, stream, events, now, cmd, key), snapshot_json(state),
-                                        (key_row, _schedule_row(uow, state))))
+        state, key, prepared = _new_account_stream(uow, cmd, stream, blank, now, events)
+        streams.append(prepared)
         accounts.append(NewAccount(line, stream, state.status, key))
     return PreparedChunk(accounts, rejections, creation_batch(streams) if streams else None)
 
