@@ -86,6 +86,12 @@ def record_from_row(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+# Lookups of head rows (and events) by key are written as per-row probes (LATERAL ... LIMIT 1,
+# = ANY(ARRAY(...)), scalar subqueries) rather than joins. A statement's plan is cached on its
+# connection, and a new database's tables look empty to the planner: a join would be planned as a
+# hash join over a scan of the whole table, and kept while the table grows to millions of rows. A
+# probe is planned as an index lookup however big the table looks.
+
 # Group commit. Single-event appends outside a caller's transaction (the hot path: refreshes,
 # status changes, imports) from concurrent callers are sent together: one statement, one
 # transaction, one commit for many streams. Each head row is locked in stream order, moved only if
@@ -100,7 +106,7 @@ WITH input AS (
          key_id text, occurred_at timestamptz, actor text, correlation_id uuid, causation_id uuid, body_hash bytea,
          snapshot jsonb)
 ), locked AS (
-  SELECT h.stream_id FROM stream_heads h WHERE h.stream_id IN (SELECT stream_id FROM input)
+  SELECT h.stream_id FROM stream_heads h WHERE h.stream_id = ANY(ARRAY(SELECT stream_id FROM input))
    ORDER BY h.stream_id FOR UPDATE
 ), moved AS (
   UPDATE stream_heads h
@@ -109,7 +115,8 @@ WITH input AS (
          snapshot_version = CASE WHEN i.snapshot IS NULL THEN h.snapshot_version ELSE h.version + 1 END,
          updated_at = now()
     FROM input i JOIN locked l ON l.stream_id = i.stream_id
-   WHERE h.stream_id = i.stream_id AND i.expected > 0 AND h.version = i.expected
+   WHERE h.stream_id = ANY(ARRAY(SELECT stream_id FROM locked)) AND h.stream_id = i.stream_id
+     AND i.expected > 0 AND h.version = i.expected
      AND h.last_tx < pg_current_xact_id()
   RETURNING h.stream_id, h.prev_hash, h.last_hash, h.version
 ), created AS (
@@ -128,6 +135,15 @@ SELECT i.event_id, i.stream_id, p.version, i.type, i.schema_version, i.data, i.s
        i.occurred_at, i.actor, i.correlation_id, i.causation_id, p.prev_hash, p.last_hash
   FROM placed p JOIN input i ON i.stream_id = p.stream_id
 RETURNING stream_id, position, version, hash
+"""
+
+
+# Several heads, each with its snapshot unless the reader holds that version already.
+_READ_HEADS = """
+SELECT h.stream_id, h.version, h.last_hash, h.snapshot_version,
+       CASE WHEN k.known IS DISTINCT FROM h.version THEN h.snapshot END AS snapshot
+  FROM unnest($1::text[], $2::int[]) AS k(stream_id, known)
+ CROSS JOIN LATERAL (SELECT * FROM stream_heads WHERE stream_id = k.stream_id LIMIT 1) AS h
 """
 
 
@@ -582,11 +598,7 @@ class PostgresEventStore:
 
     async def _fetch_heads(self, request: list[tuple[str, int | None]]) -> dict[str, StreamHead]:
         rows = await self._pool.fetch(
-            "SELECT h.stream_id, h.version, h.last_hash, h.snapshot_version,"
-            " CASE WHEN k.known IS DISTINCT FROM h.version THEN h.snapshot END AS snapshot"
-            " FROM unnest($1::text[], $2::int[]) AS k(stream_id, known) JOIN stream_heads h USING (stream_id)",
-            [stream_id for stream_id, _ in request], [known for _, known in request],
-        )
+            _READ_HEADS, [stream_id for stream_id, _ in request], [known for _, known in request])
         return {
             row["stream_id"]: StreamHead(
                 row["stream_id"], row["version"], bytes(row["last_hash"]),

@@ -136,10 +136,11 @@ _SCHEDULE_WITH_STREAM = (
 _SCHEDULE_COLUMNS = (("account_id", "uuid"), ("due_at", "timestamptz"))
 
 
-# Admits a new account only while its integration's stream is at the version it was decided on.
+# Admits a new account only while its integration's stream is at the version it was decided on
+# (a probe per row, not a join: see the note on lookups in events.store).
 _INTEGRATION_AT = (
-    "SELECT rows.stream_id FROM {rows} JOIN stream_heads h"
-    " ON h.stream_id = rows.integration_stream AND h.version = rows.integration_version"
+    "SELECT rows.stream_id FROM {rows} CROSS JOIN LATERAL (SELECT FROM stream_heads h"
+    " WHERE h.stream_id = rows.integration_stream AND h.version = rows.integration_version LIMIT 1) AS held"
 )
 _INTEGRATION_AT_COLUMNS = (("integration_stream", "text"), ("integration_version", "int"))
 

@@ -21,6 +21,8 @@ from events.batching import Coalescer
 # it has expired, is this holder's own, or its outcome event has been appended. The head is read in
 # the same snapshot that found the previous outcome appended, so it includes that outcome; its
 # snapshot and latest secret only when the version differs from the one the caller holds parsed.
+# The outcome and the head are looked up per row, never joined (see the note on lookups in
+# events.store): an EXISTS here may be planned as a hash of every event id in the log.
 _BOOKKEEPING = """
 WITH scheduled AS (
   INSERT INTO refresh_schedule (account_id, due_at, attempt)
@@ -35,14 +37,14 @@ WITH scheduled AS (
   ON CONFLICT (account_id) DO UPDATE
      SET holder = excluded.holder, expires_at = excluded.expires_at, outcome_event_id = excluded.outcome_event_id
    WHERE l.expires_at < now() OR l.holder = excluded.holder
-      OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = l.outcome_event_id)
+      OR (SELECT true FROM events e WHERE e.event_id = l.outcome_event_id)
   RETURNING account_id
 )
 SELECT t.account_id, h.version, h.snapshot_version,
        CASE WHEN h.version = w.held_version THEN NULL ELSE h.snapshot END AS snapshot, s.event_id, s.secret
   FROM taken t
   JOIN wanted w ON w.account_id = t.account_id
-  LEFT JOIN stream_heads h ON h.stream_id = 'account-' || t.account_id::text
+  LEFT JOIN LATERAL (SELECT * FROM stream_heads WHERE stream_id = 'account-' || t.account_id::text LIMIT 1) h ON true
   LEFT JOIN LATERAL (SELECT event_id, secret FROM events
                       WHERE h.version <> w.held_version AND stream_id = h.stream_id AND secret IS NOT NULL
                       ORDER BY version DESC LIMIT 1) s ON true

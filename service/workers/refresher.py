@@ -27,11 +27,13 @@ _CLAIM = """
 WITH due AS (
   SELECT account_id FROM refresh_schedule WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), claimed AS (
-  UPDATE refresh_schedule s SET due_at = $3 FROM due WHERE s.account_id = due.account_id RETURNING s.account_id
+  UPDATE refresh_schedule s SET due_at = $3 WHERE s.account_id = ANY(ARRAY(SELECT account_id FROM due))
+  RETURNING s.account_id
 )
 SELECT c.account_id, h.version,
        CASE WHEN h.snapshot_version = h.version THEN h.snapshot->>'status' END AS status
-  FROM claimed c LEFT JOIN stream_heads h ON h.stream_id = 'account-' || c.account_id::text
+  FROM claimed c
+  LEFT JOIN LATERAL (SELECT * FROM stream_heads WHERE stream_id = 'account-' || c.account_id::text LIMIT 1) h ON true
 """
 
 
