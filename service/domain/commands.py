@@ -61,6 +61,40 @@ class ImportAccount(Command):
     context: dict[str, Any] = Field(default_factory=dict)  # non-secret: instance_url, portal id, ...
     source: str = "api"  # "api", "import:canonical", "import:truto", "import:nango"
 
+    def __reduce__(self):
+        # Commands cross to import workers by the thousand: pickled as their field values (the
+        # secrets as plain strings inside the pickle), rebuilt there without validating again.
+        credentials = self.credentials
+        secrets = tuple(None if value is None else value.get_secret_value() for value in (
+            credentials.access_token, credentials.refresh_token, credentials.api_key, credentials.password))
+        extra = {name: value.get_secret_value() for name, value in credentials.extra.items()}
+        return _rebuild_import_account, (
+            self.environment, self.integration, self.tenant_id, self.authentication_method, self.external_ref,
+            secrets, credentials.username, extra, self.token_type, self.expires_at, self.scopes, self.context,
+            self.source,
+        )
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return None if value is None else SecretStr(value)
+
+
+def _rebuild_import_account(
+    environment, integration, tenant_id, authentication_method, external_ref, secrets, username, extra, token_type,
+    expires_at, scopes, context, source,
+) -> ImportAccount:
+    """An ImportAccount from the values of a validated one (ImportAccount.__reduce__)."""
+    access_token, refresh_token, api_key, password = secrets
+    credentials = Credentials.model_construct(
+        access_token=_secret(access_token), refresh_token=_secret(refresh_token), api_key=_secret(api_key),
+        username=username, password=_secret(password), extra={name: SecretStr(value) for name, value in extra.items()},
+    )
+    return ImportAccount.model_construct(
+        environment=environment, integration=integration, tenant_id=tenant_id,
+        authentication_method=authentication_method, external_ref=external_ref, credentials=credentials,
+        token_type=token_type, expires_at=expires_at, scopes=scopes, context=context, source=source,
+    )
+
 
 class ConfigureIntegration(Command):
     environment: str = Field(pattern=NAME_PATTERN)
