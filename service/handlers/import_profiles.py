@@ -531,6 +531,20 @@ def _validation_error(exc: ValidationError, paths: dict[str, str], values: dict[
     return RecordError(field, reason)
 
 
+_TRUTO_TOKEN_FIELDS = frozenset(("access_token", "refresh_token", "expires_at", "expires_in", "token_type", "scope"))
+# Where each field is in a Truto record, by the name its API key goes by (built once, not per record).
+_TRUTO_PATHS = {
+    key_name: _path_map(
+        integration="integration_name", tenant_id="tenant_id", external_ref="external_ref",
+        authentication_method="authentication_method", access_token="context.oauth.token.access_token",
+        refresh_token="context.oauth.token.refresh_token", api_key=f"context.{key_name}", username="context.username",
+        password="context.password", extra="context", token_type="context.oauth.token.token_type",
+        expires_at="context.oauth.token.expires_at", scopes="context.oauth.token.scope", context="context",
+    )
+    for key_name in ("api_key", "apiKey")
+}
+
+
 def _truto(record: dict, now: datetime) -> _Fields:
     token_path = "context.oauth.token"
     context_in = _object(record.get("context"), "context")
@@ -542,9 +556,8 @@ def _truto(record: dict, now: datetime) -> _Fields:
         "access_token": _secret(token.get("access_token"), f"{token_path}.access_token"),
         "refresh_token": _secret(token.get("refresh_token"), f"{token_path}.refresh_token"),
     }
-    known_token = {"access_token", "refresh_token", "expires_at", "expires_in", "token_type", "scope"}
     for key, value in token.items():
-        if key not in known_token and value is not None:
+        if key not in _TRUTO_TOKEN_FIELDS and value is not None:
             _add_extra(extra, key, _secret_text(value, f"{token_path}.{key}"), f"{token_path}.{key}")
     for key, value in oauth.items():
         if key != "token" and value is not None:
@@ -569,13 +582,7 @@ def _truto(record: dict, now: datetime) -> _Fields:
         ),
         scopes=_scopes(token.get("scope"), f"{token_path}.scope"),
         context=context,
-        paths=_path_map(
-            integration="integration_name", tenant_id="tenant_id", external_ref="external_ref",
-            authentication_method="authentication_method", access_token=f"{token_path}.access_token",
-            refresh_token=f"{token_path}.refresh_token", api_key=f"context.{key_name}", username="context.username",
-            password="context.password", extra="context", token_type=f"{token_path}.token_type",
-            expires_at=f"{token_path}.expires_at", scopes=f"{token_path}.scope", context="context",
-        ),
+        paths=_TRUTO_PATHS[key_name],
     )
 
 
