@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from service.runtime import tune_collector
 from service.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("linkledger")
@@ -581,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    tune_collector()
     try:
         code = args.func(args)
     except (ConfigError, CliError) as exc:

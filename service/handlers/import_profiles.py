@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import math
 import re
@@ -753,23 +754,32 @@ def iter_parse_import(
 def _parsed_records(body: bytes, content_type: str | None, environment: str, profile: Profile,
                     now: datetime) -> Iterator[ParsedRecord]:
     seen: dict[str, int] = {}
-    for line, value in parse_body(body, content_type):
-        if isinstance(value, RecordError):
-            yield ParsedRecord(line, None, value)
-            continue
-        try:
-            command, paths = _convert(value, environment, profile, now)
-        except RecordError as error:
-            yield ParsedRecord(line, None, error)
-            continue
-        identity = account_identity(command.environment, command.integration, command.tenant_id, command.external_ref)
-        first = seen.get(identity)
-        if first is not None:
-            field = paths["external_ref"] if command.external_ref else paths["tenant_id"]
-            yield ParsedRecord(line, None, RecordError(field, f"repeats line {first}"))
-            continue
-        seen[identity] = line
-        yield ParsedRecord(line, command, None)
+    values = parse_body(body, content_type)
+    # A few hundred records at a time, parsed, then converted: each stage's code stays in the
+    # processor's caches (see service.handlers.accounts._new_account_streams).
+    while parsed := list(itertools.islice(values, 256)):
+        converted: list[tuple[int, ImportAccount | None, RecordError | dict[str, str]]] = []
+        for line, value in parsed:
+            if isinstance(value, RecordError):
+                converted.append((line, None, value))
+                continue
+            try:
+                converted.append((line, *_convert(value, environment, profile, now)))
+            except RecordError as error:
+                converted.append((line, None, error))
+        for line, command, paths in converted:
+            if command is None:
+                yield ParsedRecord(line, None, paths)
+                continue
+            identity = account_identity(command.environment, command.integration, command.tenant_id,
+                                        command.external_ref)
+            first = seen.get(identity)
+            if first is not None:
+                field = paths["external_ref"] if command.external_ref else paths["tenant_id"]
+                yield ParsedRecord(line, None, RecordError(field, f"repeats line {first}"))
+                continue
+            seen[identity] = line
+            yield ParsedRecord(line, command, None)
 
 
 # --------------------------------------------------------------------------- export

@@ -8,6 +8,7 @@ hold the keyring and the audit key but no connection, and write nothing themselv
 """
 
 import asyncio
+import importlib
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,7 @@ from service.crypto.keyring import Keyring
 from service.domain.commands import ImportAccount
 from service.domain.integration import IntegrationState
 from service.handlers.uow import UnitOfWork
+from service.runtime import tune_collector
 
 log = logging.getLogger("linkledger.import")
 
@@ -29,7 +31,10 @@ _worker_uow: UnitOfWork | None = None  # in a worker process: its keyring and au
 
 def _start_worker(keyring: Keyring, fingerprinter: Fingerprinter) -> None:
     global _worker_uow
+    importlib.import_module("service.handlers.accounts")  # what a worker runs, imported before tuning
+
     _worker_uow = UnitOfWork(pool=None, store=None, data_keys=DataKeys(None, keyring), fingerprinter=fingerprinter)
+    tune_collector()
 
 
 def _ready() -> bool:
