@@ -14,6 +14,7 @@ import asyncpg
 from events.batching import Coalescer
 from events.catalog.account import TokensImported
 from events.envelope import NewEvent, uuid7
+from events.errors import EventStoreError
 from events.store import Companion, CreationBatch, PreparedStream, creation_batch, prepare_creation
 from service.crypto.datakeys import DataKey
 from service.crypto.envelope import decrypt, encrypt, event_aad
@@ -80,11 +81,11 @@ async def import_account(
     """Import one account: a new account, newer tokens for a known one, or nothing when unchanged."""
     account_id = account_id_for(cmd)
     stream = account_stream(account_id)
-    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
     if integration is None and stream not in uow.shared.existing_streams:
-        created = await _create_on_held_integration(uow, cmd, account_id, stream, fingerprints)
+        created = await _create_on_held_integration(uow, cmd, account_id, stream)
         if created is not None:
             return created
+    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
     if integration is None:
         state, integration = await load_account_and_integration(
             uow.store, uow.shared.integrations, account_id, cmd.environment, cmd.integration)
@@ -146,24 +147,50 @@ _INTEGRATION_AT_COLUMNS = (("integration_stream", "text"), ("integration_version
 
 
 async def _create_on_held_integration(
-    uow: UnitOfWork, cmd: ImportAccount, account_id: uuid.UUID, stream: str, fingerprints: dict[str, str]
+    uow: UnitOfWork, cmd: ImportAccount, account_id: uuid.UUID, stream: str
 ) -> ImportOutcome | None:
     """The usual import, of an account not seen before, in one round trip instead of two: decided
     as a new account on the integration state this process holds, and created only if the account
     does not exist and the integration is still at that version (checked by the creating
-    statement). None: nothing was written, take the ordinary way."""
-    integration_id = integration_stream(cmd.environment, cmd.integration)
-    integration = uow.shared.integrations.get(integration_id)
+    statement). Concurrent ones are prepared together and written by one statement
+    (_create_held). None: nothing was written, take the ordinary way."""
+    integration = uow.shared.integrations.get(integration_stream(cmd.environment, cmd.integration))
     if integration is None or not integration.configured:
         return None
-    blank = AccountState.blank(account_id)
-    now = uow.clock()
-    try:
-        events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
-    except DomainError:
-        return None  # refused on the held state: decided again on the current one, to be sure
-    gate = Companion(_INTEGRATION_AT, _INTEGRATION_AT_COLUMNS, (integration_id, integration.version), gate=True)
-    return await _create_account(uow, cmd, stream, blank, now, events, gates=(gate,))
+    batcher = uow.shared.batcher("held_accounts", lambda: Coalescer(_create_held, alone_on=_ALONE_ON))
+    return await batcher.submit(stream, (uow, cmd, account_id, stream, integration, uow.clock()))
+
+
+# Errors after which each command of a shared batch is tried alone, and meets its own error there.
+_ALONE_ON = (asyncpg.PostgresError, OSError, asyncio.TimeoutError, EventStoreError, ValueError)
+
+
+async def _create_held(items: list[tuple]) -> dict[str, ImportOutcome]:
+    """New accounts of concurrent commands, each (unit of work, command, account id, stream, held
+    integration state, now): decided, prepared stage by stage (see _new_account_streams) and
+    created by one statement. An account refused on the held state, or not created, is left out."""
+    prints = [acting.fingerprinter.fingerprints(cmd.credentials.plaintext()) for acting, cmd, *_ in items]
+    decided = []
+    for (acting, cmd, account_id, stream, integration, now), fingerprints in zip(items, prints):
+        blank = AccountState.blank(account_id)
+        try:
+            events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
+        except DomainError:
+            continue  # refused on the held state: decided again on the current one, to be sure
+        gate = Companion(_INTEGRATION_AT, _INTEGRATION_AT_COLUMNS,
+                         (integration_stream(integration.environment, integration.name), integration.version), gate=True)
+        decided.append((acting, cmd, stream, blank, now, events, (gate,)))
+    if not decided:
+        return {}
+    made = _new_account_streams(decided)
+    created = await decided[0][0].store.create_batch(creation_batch([prepared for _, _, prepared in made]))
+    outcomes = {}
+    for (acting, *_), (state, key, prepared) in zip(decided, made):
+        if created.get(prepared.stream_id) is not None:
+            acting.data_keys.created(key)
+            acting.shared.existing_streams.add(prepared.stream_id)
+            outcomes[prepared.stream_id] = ImportOutcome(state.account_id, "imported", state)
+    return outcomes
 
 
 async def _create_account(
@@ -173,7 +200,7 @@ async def _create_account(
     """A new account in one statement, shared with concurrent ones: its data key, its stream and
     its refresh schedule, all or nothing. None when its stream or its key exists already, or a
     gate refused it."""
-    [(state, data_key, prepared)] = _new_account_streams(uow, [(cmd, stream, blank, now, events, gates)])
+    [(state, data_key, prepared)] = _new_account_streams([(uow, cmd, stream, blank, now, events, gates)])
     stored = await uow.store.create_prepared_stream(prepared)
     if stored is None:
         return None
@@ -183,24 +210,24 @@ async def _create_account(
 
 
 def _new_account_streams(
-    uow: UnitOfWork, accounts: list[tuple[ImportAccount, str, AccountState, datetime, list, tuple[Companion, ...]]],
+    accounts: list[tuple[UnitOfWork, ImportAccount, str, AccountState, datetime, list, tuple[Companion, ...]]],
 ) -> list[tuple[AccountState, DataKey, PreparedStream]]:
-    """New accounts' streams made ready to create, each (command, stream, blank state, now,
-    decided events, gates): folded, under a new data key, its events encrypted and encoded, its
-    key and refresh schedule as companions (after its gates).
+    """New accounts' streams made ready to create, each (unit of work acting, command, stream,
+    blank state, now, decided events, gates): folded, under a new data key, its events encrypted
+    and encoded, its key and refresh schedule as companions (after its gates).
 
     The work goes stage by stage over all of them (every fold, then every data key, ...): each
     stage's code stays in the processor's caches, which makes a bulk import's chunk about a third
     faster to prepare than going account by account."""
-    states = [account_domain.fold(blank, events) for _, _, blank, _, events, _ in accounts]
-    keys = [uow.data_keys.new_key(stream) for _, stream, *_ in accounts]
+    states = [account_domain.fold(blank, events) for _, _, _, blank, _, events, _ in accounts]
+    keys = [uow.data_keys.new_key(stream) for uow, _, stream, *_ in accounts]
     snapshots = [snapshot_json(state) for state in states]
     encoded = [_to_new_events(uow, stream, events, now, cmd, key)
-               for (cmd, stream, _, now, events, _), (key, _) in zip(accounts, keys)]
-    schedules = [_schedule_row(uow, state) for state in states]
+               for (uow, cmd, stream, _, now, events, _), (key, _) in zip(accounts, keys)]
+    schedules = [_schedule_row(uow, state) for (uow, *_), state in zip(accounts, states)]
     return [
         (state, key, prepare_creation(stream, new_events, snapshot, (*gates, key_row, schedule)))
-        for (_, stream, _, _, _, gates), state, (key, key_row), snapshot, new_events, schedule
+        for (_, _, stream, _, _, _, gates), state, (key, key_row), snapshot, new_events, schedule
         in zip(accounts, states, keys, snapshots, encoded, schedules)
     ]
 
@@ -260,9 +287,9 @@ def prepare_new_accounts(
         except DomainError as error:
             rejections.append(Rejection(line, error.field, str(error)))
             continue
-        ready.append((cmd, stream, blank, now, events, ()))
+        ready.append((uow, cmd, stream, blank, now, events, ()))
         lines.append(line)
-    made = _new_account_streams(uow, ready)
+    made = _new_account_streams(ready)
     accounts = [NewAccount(line, prepared.stream_id, state.status, key) for line, (state, key, prepared) in zip(lines, made)]
     return PreparedChunk(accounts, sorted(rejections, key=lambda rejection: rejection.line),
                          creation_batch([prepared for _, _, prepared in made]) if made else None)

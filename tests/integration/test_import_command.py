@@ -172,3 +172,22 @@ async def test_an_account_created_elsewhere_is_imported_here_as_an_update(uows):
     updated = await import_account(command("moved", token="at-newer"), here)
     assert updated.outcome == "updated" and updated.state.version == created.state.version + 1
     assert (await current_credentials(here, updated.account_id))["access_token"] == "at-newer"
+
+
+async def test_concurrent_commands_sharing_a_statement_keep_their_own_actor_and_errors(uows):
+    uow = uows[0]
+    actors = [uow.acting_as(f"key:caller-{i}", correlation_id=uuid.uuid4()) for i in range(12)]
+    refused = command("t-basic").model_copy(update={"authentication_method": "basic"})  # not enabled for crm
+    results = await asyncio.gather(
+        *(import_account(command(f"c{i}", token=f"at-{i}"), acting) for i, acting in enumerate(actors)),
+        import_account(refused, actors[0]), return_exceptions=True)
+    *imported, error = results
+    assert [r.outcome for r in imported] == ["imported"] * 12
+    assert type(error).__name__ == "MethodNotAllowed" and error.field == "authentication_method"
+    for i, (outcome, acting) in enumerate(zip(imported, actors)):
+        rows = await uow.pool.fetch("SELECT DISTINCT actor, correlation_id FROM events WHERE stream_id = $1",
+                                    account_stream(outcome.account_id))
+        assert [(r["actor"], r["correlation_id"]) for r in rows] == [(acting.actor, acting.correlation_id)]
+        assert (await current_credentials(uow, outcome.account_id))["access_token"] == f"at-{i}"
+    assert await uow.pool.fetchval(
+        "SELECT count(*) FROM stream_heads WHERE stream_id = $1", account_stream(account_id_for(refused))) == 0
