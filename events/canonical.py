@@ -93,7 +93,7 @@ def canonical_json(value: Any, *, what: str = "data", limit: int = MAX_PAYLOAD_B
     except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) is a ValueError
         _check(value, what)
         raise InvalidEventError(f"{what}: not a JSON object of exact values (lone surrogate or non-JSON type)") from None
-    return _within_limit(encoded, what, limit)
+    return within_limit(encoded, what, limit)
 
 
 def typed_json(value: dict[str, Any], *, what: str = "data", limit: int = MAX_PAYLOAD_BYTES) -> CanonicalJson:
@@ -104,10 +104,11 @@ def typed_json(value: dict[str, Any], *, what: str = "data", limit: int = MAX_PA
         encoded = canonical_bytes(value)
     except (TypeError, ValueError):
         return canonical_json(value, what=what, limit=limit)  # names what is wrong
-    return _within_limit(encoded, what, limit)
+    return within_limit(encoded, what, limit)
 
 
-def _within_limit(encoded: bytes, what: str, limit: int) -> CanonicalJson:
+def within_limit(encoded: bytes, what: str, limit: int = MAX_PAYLOAD_BYTES) -> CanonicalJson:
+    """Encoded canonical JSON as CanonicalJson, or InvalidEventError when it is over `limit` bytes."""
     if len(encoded) > limit:
         raise InvalidEventError(f"{what}: payload is {len(encoded)} bytes, the limit is {limit}")
     return CanonicalJson(encoded.decode())

@@ -7,6 +7,7 @@ encodings are pinned down exactly here.
 import hashlib
 import json
 import struct
+import pickle
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -339,6 +340,13 @@ def test_uuid7_is_version_7_with_the_rfc_4122_variant():
         value = uuid7()
         assert value.version == 7
         assert value.variant == uuid.RFC_4122
+
+
+def test_uuid7_is_an_ordinary_uuid():
+    value = uuid7()
+    same = uuid.UUID(str(value))
+    assert value == same and hash(value) == hash(same) and value.is_safe == same.is_safe
+    assert pickle.loads(pickle.dumps(value)) == value and {value: 1}[same] == 1
 
 
 def test_uuid7_carries_the_current_unix_millisecond():

@@ -27,7 +27,7 @@ from events.catalog.account import (
     TokensImported,
     ValidationFailed,
 )
-from events.catalog.base import CatalogError, Event, catalog, decode, encode, register_upcaster, schemas
+from events.catalog.base import CatalogError, Event, catalog, decode, encode, encode_json, register_upcaster, schemas
 from events.catalog.environment import EnvironmentOverrideChanged, WebhookEndpointDisabled
 from events.catalog.integration import IntegrationConfigured, IntegrationFlagged, OAuthClientConfigured
 
@@ -178,6 +178,21 @@ def test_every_event_encodes_to_canonical_json_and_decodes_back_equal(event):
     stored = json.loads(text)
     assert decode(event.type, event.schema_version, stored) == event
     assert canonical_json(encode(decode(event.type, event.schema_version, stored))) == text
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.type)
+def test_the_stored_text_is_the_canonical_json_of_the_encoded_payload(event):
+    assert encode_json(event) == canonical_json(encode(event))
+
+
+def test_the_stored_text_of_an_event_with_a_zone_and_whole_seconds_is_canonical():
+    paris = timezone(timedelta(hours=2))
+    event = TokensImported(at=datetime(2026, 10, 15, 16, 30, tzinfo=paris), source="import:truto",
+                           expires_at=datetime(2026, 12, 15, 14, 30, tzinfo=timezone.utc), scopes=("b", "a"),
+                           fingerprints={"refresh_token": "fp_0123456789abcdef", "access_token": "fp_fedcba9876543210"},
+                           context={"z": {"b": 1, "a": [True, None, "é"]}, "a": 2**70})
+    assert encode_json(event) == canonical_json(encode(event))
+    assert '"expires_at":"2026-12-15T14:30:00.000000Z"' in encode_json(event)
 
 
 def test_times_are_iso_utc_strings_with_z_whatever_zone_they_came_in():
