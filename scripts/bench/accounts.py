@@ -16,15 +16,21 @@ from service.handlers.uow import UnitOfWork
 from service.settings import load_settings
 
 
-def truto_line(i: int, run: str) -> bytes:
-    return json.dumps({
+def truto_record(i: int, run: str) -> dict:
+    """A Truto-shaped import record, as a caller holds it."""
+    return {
         "integration_name": "salesforce", "tenant_id": f"customer_{run}_{i}", "authentication_method": "oauth2",
         "external_ref": f"bench-{run}-{i}",
         "context": {"oauth": {"token": {"access_token": f"00Dxx{i}!AQEAQ-{run}", "refresh_token": f"5Aep861-{i}",
                                         "expires_at": "2026-12-15T14:30:00Z", "token_type": "Bearer",
                                         "scope": "api refresh_token"}},
                     "instance_url": f"https://acme{i}.my.salesforce.com"},
-    }).encode()
+    }
+
+
+def truto_line(i: int, run: str) -> bytes:
+    """The same record as a line of an NDJSON import body."""
+    return json.dumps(truto_record(i, run)).encode()
 
 
 @contextlib.asynccontextmanager

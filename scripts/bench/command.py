@@ -8,13 +8,12 @@ import uuid
 import asyncpg
 
 from events.database import create_pool
-from scripts.bench.accounts import account_uow, truto_line
+from scripts.bench.accounts import account_uow, truto_record
 from scripts.bench.append import RAW_TABLE, _raw_round
 from scripts.bench.common import median, percentile_ms, result_line, run_for, scratch_database, servers
 from service.handlers.accounts import import_account
 from service.handlers.import_profiles import to_command
 
-import json
 
 
 async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
@@ -29,7 +28,7 @@ async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
                     run_id = uuid.uuid4().hex[:6]
 
                     async def step(worker: int) -> None:
-                        record = json.loads(truto_line(next(counter), run_id))
+                        record = truto_record(next(counter), run_id)  # as a caller holds it: no HTTP, no JSON
                         command = to_command(record, environment="bench", profile="truto", now=uow.clock())
                         outcome = await import_account(command, uow)
                         assert outcome.outcome == "imported"
