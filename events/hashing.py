@@ -35,6 +35,19 @@ def format_instant(instant: datetime) -> str:
     return text
 
 
+# A command's correlation id is in the header of each of its events: its text made once.
+_ID_TEXTS: dict[uuid.UUID, str] = {}
+
+
+def _id_text(value: uuid.UUID) -> str:
+    text = _ID_TEXTS.get(value)
+    if text is None:
+        if len(_ID_TEXTS) >= 4096:
+            _ID_TEXTS.clear()
+        text = _ID_TEXTS[value] = _text(str(value))
+    return text
+
+
 def header_bytes(
     *,
     event_id: uuid.UUID,
@@ -51,8 +64,8 @@ def header_bytes(
     # Every field is a str, int or None with fixed names, so a sorted template is canonical JSON.
     return (
         f'{{"actor":{_text(actor)},'
-        f'"causation_id":{_text(str(causation_id)) if causation_id else "null"},'
-        f'"correlation_id":{_text(str(correlation_id)) if correlation_id else "null"},'
+        f'"causation_id":{_id_text(causation_id) if causation_id else "null"},'
+        f'"correlation_id":{_id_text(correlation_id) if correlation_id else "null"},'
         f'"event_id":{_text(str(event_id))},'
         f'"key_id":{_text(key_id) if key_id is not None else "null"},'
         f'"occurred_at":{_text(format_instant(occurred_at))},'

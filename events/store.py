@@ -226,15 +226,16 @@ def _creation_sql(kinds: tuple[tuple, ...]) -> str:
     )
 
 
-def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200) -> None:
+def _validate_text(name: str, value: str | None, *, required: bool = True, limit: int = 200, of: str = "") -> None:
+    """`of`: the event type the value belongs to, named in the error (its label is only made then)."""
     if value is None and not required:
         return
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        raise InvalidEventError(f"{name} must be a string of 1 to {limit} characters")
+        raise InvalidEventError(f"{of + ': ' if of else ''}{name} must be a string of 1 to {limit} characters")
     try:
         value.encode()
     except UnicodeEncodeError:
-        raise InvalidEventError(f"{name} is not valid Unicode (lone surrogate)") from None
+        raise InvalidEventError(f"{of + ': ' if of else ''}{name} is not valid Unicode (lone surrogate)") from None
 
 
 def _validate_stream_id(stream_id: str) -> None:
@@ -315,20 +316,27 @@ def creation_batch(streams: Sequence[PreparedStream]) -> CreationBatch:
     return _creation_batch([stream.item for stream in streams], kinds.pop() if kinds else ())
 
 
+_GENESIS_TEXT = "\\x" + GENESIS_HASH.hex()
+
+
 def _creation_batch(streams: list[tuple], kinds: tuple[tuple, ...]) -> CreationBatch:
     """A new stream's chain starts at the genesis hash, so the writer chains every hash itself."""
     streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
     heads: list[tuple] = []
     events: list[tuple] = []
     for stream_id, rows, snapshot, *_ in streams:
-        prev = last_prev = GENESIS_HASH
+        # Hashes as bytea's text here, where each is made (and a hash is its successor's prev_hash).
+        prev, prev_text = GENESIS_HASH, _GENESIS_TEXT
+        last_prev_text = prev_text
         for version, (event_id, type_, schema_version, data, secret, key_id, occurred_at, actor, corr, cause,
                       body) in enumerate(rows, start=1):
             current = chain_hash(prev, body)
-            events.append((event_id, stream_id, version, type_, schema_version, data, secret, key_id, occurred_at,
-                           actor, corr, cause, prev, current))
-            last_prev, prev = prev, current
-        heads.append((stream_id, len(rows), last_prev, prev, _snapshot_fragment(snapshot)))
+            current_text = "\\x" + current.hex()
+            events.append((event_id, stream_id, version, type_, schema_version, data,
+                           None if secret is None else "\\x" + secret.hex(), key_id, occurred_at, actor, corr, cause,
+                           prev_text, current_text))
+            last_prev_text, prev, prev_text = prev_text, current, current_text
+        heads.append((stream_id, len(rows), last_prev_text, prev_text, _snapshot_fragment(snapshot)))
     companions = [
         _json_rows(("stream_id", *(name for name, _ in columns)), ((stream[0], *stream[3][index]) for stream in streams))
         for index, (_, columns, _) in enumerate(kinds)
@@ -485,8 +493,8 @@ class PostgresEventStore:
         rows = []
         for version, event in enumerate(events, start=expected_version + 1):
             _validate_text("event type", event.type)
-            _validate_text(f"{event.type}: actor", event.actor)
-            _validate_text(f"{event.type}: key_id", event.key_id, required=False)
+            _validate_text("actor", event.actor, of=event.type)
+            _validate_text("key_id", event.key_id, required=False, of=event.type)
             if event.occurred_at.tzinfo is None:
                 raise InvalidEventError(f"{event.type}: occurred_at must be timezone-aware")
             if event.secret is not None and len(event.secret) > MAX_PAYLOAD_BYTES:
