@@ -303,7 +303,7 @@ _WORKER_MINIMUM = 100
 
 
 async def import_accounts(
-    records: Iterable[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 500,
+    records: Iterable[ParsedRecord], uow: UnitOfWork, *, profile: str = "canonical", chunk: int = 250,
     concurrency: int = 16,
 ) -> list[RecordResult]:
     """Bulk import. New accounts go in together (one statement per chunk); known ones one by one.

@@ -45,7 +45,7 @@ async def uow(database_url, servers):
 
 
 async def test_workers_prepare_what_the_serving_process_would(uow):
-    count = 1200  # three chunks of 500: shared out to the workers
+    count = 1200  # five chunks of 250 (the last of 200): shared out to the workers
     local = await import_accounts(parse_import(_lines("here", count), "application/x-ndjson", environment="here",
                                                profile="truto", now=uow.clock()), uow, profile="truto")
     workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 2)
@@ -66,7 +66,7 @@ async def test_workers_prepare_what_the_serving_process_would(uow):
     finally:
         uow.shared.import_workers = None
         workers.close()
-    assert sum(jobs) == count - 1 and len(jobs) == 3  # one record failed parsing, before any worker
+    assert sum(jobs) == count - 1 and len(jobs) == 5  # one record failed parsing, before any worker
     assert [(r.line, r.outcome, r.field, r.status) for r in remote] == [(r.line, r.outcome, r.field, r.status) for r in local]
     outcomes = [r.outcome for r in remote]
     assert outcomes.count("imported") == count - 2 and outcomes.count("rejected") == 2
