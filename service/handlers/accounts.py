@@ -169,17 +169,13 @@ async def _create_held(items: list[tuple]) -> dict[str, ImportOutcome]:
     """New accounts of concurrent commands, each (unit of work, command, account id, stream, held
     integration state, now): decided, prepared stage by stage (see _new_account_streams) and
     created by one statement. An account refused on the held state, or not created, is left out."""
-    prints = [acting.fingerprinter.fingerprints(cmd.credentials.plaintext()) for acting, cmd, *_ in items]
-    decided = []
-    for (acting, cmd, account_id, stream, integration, now), fingerprints in zip(items, prints):
-        blank = AccountState.blank(account_id)
-        try:
-            events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
-        except DomainError:
-            continue  # refused on the held state: decided again on the current one, to be sure
-        gate = Companion(_INTEGRATION_AT, _INTEGRATION_AT_COLUMNS,
-                         (integration_stream(integration.environment, integration.name), integration.version), gate=True)
-        decided.append((acting, cmd, stream, blank, now, events, (gate,)))
+    # One refused on the held state is left out: decided again on the current one, to be sure.
+    decided, _ = _decide_new_accounts([
+        (acting, cmd, account_id, stream, integration, now, (Companion(
+            _INTEGRATION_AT, _INTEGRATION_AT_COLUMNS,
+            (integration_stream(integration.environment, integration.name), integration.version), gate=True),))
+        for acting, cmd, account_id, stream, integration, now in items
+    ])
     if not decided:
         return {}
     made = _new_account_streams(decided)
@@ -195,18 +191,35 @@ async def _create_held(items: list[tuple]) -> dict[str, ImportOutcome]:
 
 async def _create_account(
     uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list,
-    gates: tuple[Companion, ...] = (),
 ) -> ImportOutcome | None:
     """A new account in one statement, shared with concurrent ones: its data key, its stream and
-    its refresh schedule, all or nothing. None when its stream or its key exists already, or a
-    gate refused it."""
-    [(state, data_key, prepared)] = _new_account_streams([(uow, cmd, stream, blank, now, events, gates)])
+    its refresh schedule, all or nothing. None when its stream or its key exists already."""
+    [(state, data_key, prepared)] = _new_account_streams([(uow, cmd, stream, blank, now, events, ())])
     stored = await uow.store.create_prepared_stream(prepared)
     if stored is None:
         return None
     uow.data_keys.created(data_key)
     uow.shared.existing_streams.add(stream)
     return ImportOutcome(state.account_id, "imported", state)
+
+
+def _decide_new_accounts(
+    accounts: list[tuple[UnitOfWork, ImportAccount, uuid.UUID, str, IntegrationState, datetime, tuple[Companion, ...]]],
+) -> tuple[list[tuple], list[tuple[int, DomainError]]]:
+    """Each (unit of work acting, command, account id, stream, integration state, now, gates)
+    fingerprinted, then decided as a new account, stage by stage (see _new_account_streams): the
+    decided ones as _new_account_streams takes them, in order, and each refused one's index and error."""
+    prints = [uow.fingerprinter.fingerprints(cmd.credentials.plaintext()) for uow, cmd, *_ in accounts]
+    decided, refused = [], []
+    for index, ((uow, cmd, account_id, stream, integration, now, gates), fingerprints) in enumerate(zip(accounts, prints)):
+        blank = AccountState.blank(account_id)
+        try:
+            events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
+        except DomainError as error:
+            refused.append((index, error))
+            continue
+        decided.append((uow, cmd, stream, blank, now, events, gates))
+    return decided, refused
 
 
 def _new_account_streams(
@@ -270,29 +283,16 @@ def prepare_new_accounts(
 ) -> PreparedChunk:
     """The CPU-bound part of creating new accounts, (line, command, account id, stream) each: no
     I/O, so it runs in this process or in an import worker's (service.handlers.import_workers)."""
-    rejections: list[Rejection] = []
-    decided = []
-    for line, cmd, account_id, stream in job:  # stage by stage, as _new_account_streams goes
-        try:
-            decided.append((line, cmd, account_id, stream, uow.fingerprinter.fingerprints(cmd.credentials.plaintext())))
-        except DomainError as error:
-            rejections.append(Rejection(line, error.field, str(error)))
-    ready, lines = [], []
-    for line, cmd, account_id, stream, fingerprints in decided:
-        blank = AccountState.blank(account_id)
-        try:
-            events = account_domain.decide(
-                blank, cmd, now, integration=integrations[(cmd.environment, cmd.integration)], fingerprints=fingerprints,
-            )
-        except DomainError as error:
-            rejections.append(Rejection(line, error.field, str(error)))
-            continue
-        ready.append((uow, cmd, stream, blank, now, events, ()))
-        lines.append(line)
-    made = _new_account_streams(ready)
+    decided, refused = _decide_new_accounts([
+        (uow, cmd, account_id, stream, integrations[(cmd.environment, cmd.integration)], now, ())
+        for _, cmd, account_id, stream in job
+    ])
+    rejections = [Rejection(job[index][0], error.field, str(error)) for index, error in refused]
+    left_out = {index for index, _ in refused}
+    lines = [line for index, (line, *_) in enumerate(job) if index not in left_out]
+    made = _new_account_streams(decided)
     accounts = [NewAccount(line, prepared.stream_id, state.status, key) for line, (state, key, prepared) in zip(lines, made)]
-    return PreparedChunk(accounts, sorted(rejections, key=lambda rejection: rejection.line),
-                         creation_batch([prepared for _, _, prepared in made]) if made else None)
+    return PreparedChunk(accounts, rejections, creation_batch([prepared for _, _, prepared in made]) if made else None)
 
 
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
