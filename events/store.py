@@ -101,10 +101,12 @@ def record_from_row(row: asyncpg.Record) -> RecordedEvent:
 # its own, which says why (or finds it stored already).
 _APPEND_BATCH = """
 WITH input AS (
-  SELECT * FROM json_to_recordset($1::json)
-    AS i(stream_id text, expected int, event_id uuid, type text, schema_version int2, data text, secret bytea,
-         key_id text, occurred_at timestamptz, actor text, correlation_id uuid, causation_id uuid, body_hash bytea,
-         snapshot jsonb)
+  SELECT * FROM ROWS FROM (json_to_recordset($1::json)
+    AS (stream_id text, expected int, event_id uuid, type text, schema_version int2, data text, secret bytea,
+        key_id text, occurred_at timestamptz, actor text, correlation_id uuid, causation_id uuid, body_hash bytea),
+    unnest($3::text[]::jsonb[]))
+    AS i(stream_id, expected, event_id, type, schema_version, data, secret, key_id, occurred_at, actor,
+         correlation_id, causation_id, body_hash, snapshot)
 ), locked AS (
   SELECT h.stream_id FROM stream_heads h WHERE h.stream_id = ANY(ARRAY(SELECT stream_id FROM input))
    ORDER BY h.stream_id FOR UPDATE
@@ -150,13 +152,15 @@ SELECT h.stream_id, h.version, h.last_hash, h.snapshot_version,
 # Bulk creation of new streams (imports): a new stream's chain starts at the genesis hash, so the
 # writer computes every hash itself and thousands of streams go in one statement. A stream that
 # exists already is skipped (ON CONFLICT) and reported back, to be appended to the ordinary way.
+# The head snapshots travel beside the heads' document, as a text array zipped with it (ROWS
+# FROM): nested in the document, each would be parsed twice, as JSON and then as jsonb.
 _CREATE_STREAMS = """
 WITH {gates}heads AS (
   INSERT INTO stream_heads (stream_id, version, prev_hash, last_hash, last_tx, snapshot, snapshot_version)
-  SELECT h.stream_id, h.version, h.prev_hash, h.last_hash, pg_current_xact_id(), h.snapshot,
+  SELECT h.stream_id, h.version, h.prev_hash, h.last_hash, pg_current_xact_id(), h.snapshot::jsonb,
          CASE WHEN h.snapshot IS NULL THEN NULL ELSE h.version END
-    FROM json_to_recordset($1::json)
-      AS h(stream_id text, version int, prev_hash bytea, last_hash bytea, snapshot jsonb){gate_filter}
+    FROM ROWS FROM (json_to_recordset($1::json) AS (stream_id text, version int, prev_hash bytea, last_hash bytea),
+                    unnest($3::text[])) AS h(stream_id, version, prev_hash, last_hash, snapshot){gate_filter}
   ON CONFLICT (stream_id) DO NOTHING
   RETURNING stream_id
 ){followers}
@@ -172,7 +176,7 @@ SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.s
  ORDER BY e.stream_id, e.version
 RETURNING stream_id, position, version, hash
 """
-_CREATE_PARAMETERS = 2
+_CREATE_PARAMETERS = 3
 
 
 @dataclass(frozen=True)
@@ -273,12 +277,13 @@ def prepare_creation(
 # Rows travel to PostgreSQL as one JSON array of objects per relation (json_to_recordset), not as
 # one array parameter per column: asyncpg spends about a microsecond on each array element, orjson
 # a small fraction of that on the whole document. bytea goes as "\\x<hex>", bytea's own text
-# form; a snapshot goes as the JSON it is.
-_HEAD_FIELDS = ("stream_id", "version", "prev_hash", "last_hash", "snapshot")
+# form. Head snapshots go beside the documents, as a text array zipped with them (ROWS
+# FROM): nested in a document, each would be parsed twice, as JSON and then as jsonb.
+_HEAD_FIELDS = ("stream_id", "version", "prev_hash", "last_hash")
 _EVENT_FIELDS = ("event_id", "stream_id", "version", "type", "schema_version", "data", "secret", "key_id",
                  "occurred_at", "actor", "correlation_id", "causation_id", "prev_hash", "hash")
 _APPEND_FIELDS = ("stream_id", "expected", "event_id", "type", "schema_version", "data", "secret", "key_id",
-                  "occurred_at", "actor", "correlation_id", "causation_id", "body_hash", "snapshot")
+                  "occurred_at", "actor", "correlation_id", "causation_id", "body_hash")
 
 
 def _bytea(value: Any) -> str:
@@ -292,9 +297,6 @@ def _json_rows(fields: Sequence[str], rows) -> str:
     return orjson.dumps([dict(zip(fields, row)) for row in rows], default=_bytea).decode()
 
 
-def _snapshot_fragment(snapshot: str | None) -> orjson.Fragment | None:
-    return None if snapshot is None else orjson.Fragment(snapshot)
-
 
 @dataclass(frozen=True)
 class CreationBatch:
@@ -303,7 +305,7 @@ class CreationBatch:
 
     stream_ids: tuple[str, ...]
     kinds: tuple
-    documents: tuple[str, ...]
+    documents: tuple[str | list, ...]  # JSON documents, and the head snapshots as a list (see _CREATE_STREAMS)
 
 
 def creation_batch(streams: Sequence[PreparedStream]) -> CreationBatch:
@@ -323,6 +325,7 @@ def _creation_batch(streams: list[tuple], kinds: tuple[tuple, ...]) -> CreationB
     """A new stream's chain starts at the genesis hash, so the writer chains every hash itself."""
     streams = sorted(streams, key=lambda stream: stream[0])  # row locks in one order: no deadlocks
     heads: list[tuple] = []
+    snapshots: list[str | None] = []
     events: list[tuple] = []
     for stream_id, rows, snapshot, *_ in streams:
         # Hashes as bytea's text here, where each is made (and a hash is its successor's prev_hash).
@@ -336,13 +339,14 @@ def _creation_batch(streams: list[tuple], kinds: tuple[tuple, ...]) -> CreationB
                            None if secret is None else "\\x" + secret.hex(), key_id, occurred_at, actor, corr, cause,
                            prev_text, current_text))
             last_prev_text, prev, prev_text = prev_text, current, current_text
-        heads.append((stream_id, len(rows), last_prev_text, prev_text, _snapshot_fragment(snapshot)))
+        heads.append((stream_id, len(rows), last_prev_text, prev_text))
+        snapshots.append(snapshot)
     companions = [
         _json_rows(("stream_id", *(name for name, _ in columns)), ((stream[0], *stream[3][index]) for stream in streams))
         for index, (_, columns, _) in enumerate(kinds)
     ]
     return CreationBatch(tuple(stream[0] for stream in streams), kinds,
-                         (_json_rows(_HEAD_FIELDS, heads), _json_rows(_EVENT_FIELDS, events), *companions))
+                         (_json_rows(_HEAD_FIELDS, heads), _json_rows(_EVENT_FIELDS, events), snapshots, *companions))
 
 
 class PostgresEventStore:
@@ -420,8 +424,8 @@ class PostgresEventStore:
     async def _send_appends(self, items: list[tuple]) -> dict[str, list[AppendResult]]:
         """One group-commit batch of single-event appends (distinct streams)."""
         rows = await self._pool.fetch(_APPEND_BATCH, _json_rows(_APPEND_FIELDS, (
-            (stream_id, expected, *row, _snapshot_fragment(snapshot)) for stream_id, expected, row, snapshot in items)),
-            GENESIS_HASH)
+            (stream_id, expected, *row) for stream_id, expected, row, _ in items)),
+            GENESIS_HASH, [snapshot for *_, snapshot in items])
         return {r["stream_id"]: [AppendResult(r["position"], r["version"], bytes(r["hash"]))] for r in rows}
 
     async def create_streams(self, streams: Sequence[tuple]) -> dict[str, list[AppendResult] | None]:

@@ -82,10 +82,10 @@ class UnitOfWork:
         )
 
 
-def snapshot_of(state: Any) -> dict[str, Any]:
-    return state.model_dump(mode="json")
-
-
 def snapshot_json(state: Any) -> str:
-    """The snapshot as JSON text, the form the store writes (pydantic's serializer, no dict between)."""
-    return state.model_dump_json()
+    """The snapshot as JSON text, the form the store writes (pydantic's serializer, no dict between).
+
+    Fields at their defaults are left out (about a third of an account's keys: the nulls, zeros
+    and empty objects), which PostgreSQL would otherwise parse into jsonb on every append;
+    model_validate puts them back, and `snapshot->>'field'` reads a missing key as null."""
+    return state.model_dump_json(exclude_defaults=True)

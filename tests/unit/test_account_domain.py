@@ -50,6 +50,7 @@ from service.domain.errors import (
 )
 from service.domain.identity import account_id_for
 from service.domain.integration import IntegrationState
+from service.handlers.uow import snapshot_json
 
 UTC = timezone.utc
 T0 = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
@@ -103,6 +104,7 @@ def check_step(state: AccountState, events) -> None:
     """What must hold after every step: snapshots round-trip, events are canonical and decode back."""
     assert AccountState.model_validate(state.model_dump(mode="json")) == state
     assert AccountState.model_validate(json.loads(json.dumps(state.model_dump(mode="json")))) == state
+    assert AccountState.model_validate_json(snapshot_json(state)) == state  # the head row's form
     for event in events:
         text = canonical_json(encode(event))
         assert decode(event.type, event.schema_version, json.loads(text)) == event
