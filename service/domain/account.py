@@ -116,7 +116,7 @@ class AccountState(BaseModel):
             return cls(account_id=account_id)  # validated (and converted) the long way
         # A copy of one validated blank: the defaults need no validating again for every account
         # an import creates. Safe to share its empty containers: states are never changed in place.
-        return _BLANK.model_copy(update={"account_id": account_id})
+        return _replaced(_BLANK, {"account_id": account_id})
 
     @property
     def exists(self) -> bool:
@@ -124,6 +124,21 @@ class AccountState(BaseModel):
 
 
 _BLANK = AccountState(account_id=UUID(int=0))
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _replaced(state: AccountState, update: dict[str, Any]) -> AccountState:
+    """state.model_copy(update=update), which it equals, for the values evolve computes (already
+    the fields' types): without model_copy's generic copying of each of the model's parts, a
+    fifth of what an import spends folding a new account's three events."""
+    replaced = _new_object(AccountState)
+    _set_attribute(replaced, "__dict__", {**state.__dict__, **update})
+    _set_attribute(replaced, "__pydantic_fields_set__", state.__pydantic_fields_set__.union(update))
+    _set_attribute(replaced, "__pydantic_extra__", None)
+    _set_attribute(replaced, "__pydantic_private__", None)
+    return replaced
 
 
 # --------------------------------------------------------------------------- decide
@@ -504,7 +519,7 @@ def evolve(state: AccountState, event: Event) -> AccountState:
         update |= {"shredded_key_id": event.key_id}
     else:  # pragma: no cover - a new account event without a rule here
         raise ValueError(f"no evolve rule for {event.type}")
-    return state.model_copy(update=update)
+    return _replaced(state, update)
 
 
 def fold(state: AccountState, events: list[Event]) -> AccountState:

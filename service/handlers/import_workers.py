@@ -20,6 +20,7 @@ from service.crypto.datakeys import DataKeys
 from service.crypto.fingerprint import Fingerprinter
 from service.crypto.keyring import Keyring
 from service.domain.commands import ImportAccount
+from service.domain.identity import account_id_for, account_stream
 from service.domain.integration import IntegrationState
 from service.handlers.uow import UnitOfWork
 from service.runtime import tune_collector
@@ -41,10 +42,14 @@ def _ready() -> bool:
     return _worker_uow is not None
 
 
-def _prepare(job, integrations, now: datetime, actor: str, correlation_id):
+def _prepare(records: list[tuple[int, ImportAccount]], integrations, now: datetime, actor: str, correlation_id):
     from service.handlers.accounts import prepare_new_accounts
 
     uow = replace(_worker_uow, clock=lambda: now, actor=actor, correlation_id=correlation_id)
+    job = []
+    for line, cmd in records:
+        account_id = account_id_for(cmd)
+        job.append((line, cmd, account_id, account_stream(account_id)))
     return prepare_new_accounts(uow, job, integrations, now)
 
 
@@ -78,8 +83,10 @@ class ImportWorkers:
 
         executor = self._executor
         try:
+            # Each account's id and stream are made again there: quicker than pickling them.
             return await asyncio.get_running_loop().run_in_executor(
-                executor, _prepare, job, integrations, now, uow.actor, uow.correlation_id)
+                executor, _prepare, [(line, cmd) for line, cmd, _, _ in job], integrations, now, uow.actor,
+                uow.correlation_id)
         except BrokenProcessPool:
             log.warning("an import worker died; its chunk is prepared in this process, a new pool takes the next")
             if self._executor is executor:
