@@ -61,7 +61,11 @@ _READ = (
     f" FROM events WHERE (tx, position) > ($1::xid8, $2::bigint) AND tx < {HORIZON}"
     " ORDER BY tx, position LIMIT $3"
 )
-_FIRST_EVENTS = "SELECT stream_id, data FROM events WHERE stream_id = ANY ($1::text[]) AND version = 1"
+# A probe per stream (see the note on lookups in events.store).
+_FIRST_EVENTS = (
+    "SELECT e.stream_id, e.data FROM unnest($1::text[]) AS k(stream_id)"
+    " CROSS JOIN LATERAL (SELECT stream_id, data FROM events WHERE stream_id = k.stream_id AND version = 1 LIMIT 1) AS e"
+)
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 

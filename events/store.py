@@ -87,9 +87,10 @@ def record_from_row(row: asyncpg.Record) -> RecordedEvent:
 
 
 # Lookups of head rows (and events) by key are written as per-row probes (LATERAL ... LIMIT 1,
-# = ANY(ARRAY(...)), scalar subqueries) rather than joins. A statement's plan is cached on its
-# connection, and a new database's tables look empty to the planner: a join would be planned as a
-# hash join over a scan of the whole table, and kept while the table grows to millions of rows. A
+# scalar subqueries) rather than joins or `= ANY(array)` filters. A statement's plan is cached on
+# its connection, and a new database's tables look empty or tiny to the planner: a join would be
+# planned as a hash join over a scan of the whole table, a filter on a table of one page as a scan
+# of it, and kept while the table grows to millions of rows (until autovacuum next analyzes it). A
 # probe is planned as an index lookup however big the table looks.
 
 # Group commit. Single-event appends outside a caller's transaction (the hot path: refreshes,
@@ -108,8 +109,8 @@ WITH input AS (
     AS i(stream_id, expected, event_id, type, schema_version, data, secret, key_id, occurred_at, actor,
          correlation_id, causation_id, body_hash, snapshot)
 ), locked AS (
-  SELECT h.stream_id FROM stream_heads h WHERE h.stream_id = ANY(ARRAY(SELECT stream_id FROM input))
-   ORDER BY h.stream_id FOR UPDATE
+  SELECT h.stream_id FROM (SELECT stream_id FROM input ORDER BY stream_id) AS k
+   CROSS JOIN LATERAL (SELECT stream_id FROM stream_heads WHERE stream_id = k.stream_id LIMIT 1 FOR UPDATE) AS h
 ), moved AS (
   UPDATE stream_heads h
      SET version = h.version + 1, prev_hash = h.last_hash, last_hash = sha256(h.last_hash || i.body_hash),

@@ -6,7 +6,7 @@ from typing import Sequence
 import asyncpg
 
 from projections import account_fold
-from projections.framework import Tables
+from projections.framework import Tables, by_stream
 from projections.source import LoggedEvent
 
 # A rebuild's narrow scan for this fold alone (arguments as source.READ_BETWEEN's): no columns it does
@@ -45,8 +45,7 @@ class AccountViewSession:
     async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None:
         wanted = list({e.stream_id for e in events if is_account_event(e)} - self.states.keys())
         if wanted:
-            for row in await conn.fetch(f"SELECT stream_id, state FROM {tables('account_view')}"
-                                        " WHERE stream_id = ANY($1::text[])", wanted):
+            for row in await conn.fetch(by_stream(tables("account_view"), "stream_id, state"), wanted):
                 self.states[row["stream_id"]] = json.loads(row["state"])
 
     def apply(self, event: LoggedEvent) -> None:

@@ -5,7 +5,7 @@ from typing import Sequence
 import asyncpg
 
 from events.envelope import LogPosition
-from projections.framework import HeapChunk, Tables
+from projections.framework import HeapChunk, Tables, by_stream
 from projections.source import LoggedEvent
 
 COLUMNS = ("tx", "position", "event_id", "occurred_at", "environment", "integration", "stream_id", "account_id",
@@ -65,8 +65,8 @@ class AuditTrailSession:
     async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None:
         wanted = list({e.stream_id for e in events} - self.scopes.keys())
         if wanted:
-            for row in await conn.fetch(f"SELECT stream_id, environment, integration FROM {tables('audit_trail_streams')}"
-                                        " WHERE stream_id = ANY($1::text[])", wanted):
+            for row in await conn.fetch(by_stream(tables("audit_trail_streams"), "stream_id, environment, integration"),
+                                        wanted):
                 self.scopes[row["stream_id"]] = (row["environment"], row["integration"])
 
     def apply(self, event: LoggedEvent) -> None:

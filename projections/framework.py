@@ -17,6 +17,14 @@ from projections.source import LoggedEvent
 GREEN = "__next"  # suffix of the tables a rebuild builds beside the live ones
 
 
+def by_stream(table: str, columns: str) -> str:
+    """`columns` of the rows of `table` whose stream_id is in the text array $1: a probe per stream
+    (an index lookup however few rows the table held when the statement's plan was cached, which
+    `stream_id = ANY($1)` is not: see the note on lookups in events.store)."""
+    return (f"SELECT t.* FROM unnest($1::text[]) AS k(stream_id)"
+            f" CROSS JOIN LATERAL (SELECT {columns} FROM {table} WHERE stream_id = k.stream_id LIMIT 1) AS t")
+
+
 @dataclass(frozen=True)
 class Tables:
     """The names of one generation of a projection's tables: live (suffix "") or being built."""

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import asyncpg
 
-from projections.framework import Tables
+from projections.framework import Tables, by_stream
 from projections.source import LoggedEvent
 
 COUNTERS = ("imported", "refreshes_succeeded", "refreshes_failed", "needs_reauth_entered", "reactivations",
@@ -46,9 +46,9 @@ class MigrationHealthSession:
     async def load(self, conn: asyncpg.Connection, tables: Tables, events: Sequence[LoggedEvent]) -> None:
         wanted = list({e.stream_id for e in events if e.stream_id.startswith("account-")} - self.accounts.keys())
         if wanted:
-            for row in await conn.fetch(
-                    f"SELECT stream_id, environment, integration, status, needs_reauth_since"
-                    f" FROM {tables('migration_health_accounts')} WHERE stream_id = ANY($1::text[])", wanted):
+            for row in await conn.fetch(by_stream(
+                    tables("migration_health_accounts"), "stream_id, environment, integration, status, needs_reauth_since"),
+                    wanted):
                 self.accounts[row["stream_id"]] = [row["environment"], row["integration"], row["status"],
                                                    row["needs_reauth_since"]]
 

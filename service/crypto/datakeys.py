@@ -79,6 +79,11 @@ def _check_owner(owner: str) -> str:
 
 
 _SELECT = "SELECT owner, key_id, kek_id, wrapped, shredded_at FROM data_keys"
+# Several owners' keys, a probe per owner (see the note on lookups in events.store).
+_SELECT_MANY = (
+    "SELECT d.* FROM unnest($1::text[]) AS k(owner)"
+    f" CROSS JOIN LATERAL ({_SELECT} WHERE owner = k.owner LIMIT 1) AS d"
+)
 
 # A new key is committed without waiting for the WAL flush: it is only ever used by an event that
 # is appended after it, and that append's own flush writes the key's WAL record too (WAL is
@@ -291,7 +296,7 @@ class DataKeys:
                 self._remember(result[owner])
             existing = [o for o in pending if o not in inserted]
             if existing:
-                for row in await self._pool.fetch(f"{_SELECT} WHERE owner = ANY($1::text[])", existing):
+                for row in await self._pool.fetch(_SELECT_MANY, existing):
                     if row["shredded_at"] is not None:
                         shredded[row["owner"]] = row["key_id"]
                     else:

@@ -298,6 +298,13 @@ def prepare_new_accounts(
 _INTEGRATION_FIELD = {"truto": "integration_name", "nango": "provider_config_key", "canonical": "integration"}
 
 
+# Which of these streams exist (a probe per stream: see the note on lookups in events.store).
+_EXISTING = (
+    "SELECT h.stream_id FROM unnest($1::text[]) AS k(stream_id)"
+    " CROSS JOIN LATERAL (SELECT stream_id FROM stream_heads WHERE stream_id = k.stream_id LIMIT 1) AS h"
+)
+
+
 # Below this many new accounts in a chunk, handing it to a worker costs more than it saves.
 _WORKER_MINIMUM = 100
 
@@ -366,8 +373,7 @@ async def import_accounts(
             key = (record.command.environment, record.command.integration)
             if key not in integrations:
                 integrations[key] = await load_integration(uow.store, *key)
-        existing = {row["stream_id"] for row in await uow.pool.fetch(
-            "SELECT stream_id FROM stream_heads WHERE stream_id = ANY($1::text[])", [c[3] for c in commands])}
+        existing = {row["stream_id"] for row in await uow.pool.fetch(_EXISTING, [c[3] for c in commands])}
         job = []
         for record, cmd, account_id, stream in commands:
             if stream in existing:

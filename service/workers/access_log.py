@@ -31,6 +31,14 @@ PACED_MINIMUM = 64  # tallies a paced flush writes at least, so small backlogs g
 _NOT_WRITTEN = (asyncpg.PostgresError, asyncio.TimeoutError)
 
 
+# The current snapshots of several accounts' heads, a probe per head (see the note on lookups in
+# events.store).
+_SNAPSHOTS = (
+    "SELECT h.snapshot FROM unnest($1::text[]) AS k(stream_id) CROSS JOIN LATERAL (SELECT snapshot"
+    " FROM stream_heads WHERE stream_id = k.stream_id AND snapshot_version = version LIMIT 1) AS h"
+)
+
+
 @dataclass
 class _Tally:
     count: int
@@ -120,9 +128,7 @@ class AccessRecorder:
         behind are left out: their append loads them the ordinary way)."""
         if not account_ids:
             return {}
-        rows = await self._uow.pool.fetch(
-            "SELECT snapshot FROM stream_heads WHERE stream_id = ANY($1::text[]) AND snapshot_version = version",
-            [account_stream(account_id) for account_id in account_ids])
+        rows = await self._uow.pool.fetch(_SNAPSHOTS, [account_stream(account_id) for account_id in account_ids])
         states = (AccountState.model_validate_json(row["snapshot"]) for row in rows)
         return {state.account_id: state for state in states}
 
