@@ -19,12 +19,13 @@ def uuid7() -> uuid.UUID:
     # (a third of the cost; every event takes one).
     made = _new_object(uuid.UUID)
     _set_attribute(made, "int", value)
-    _set_attribute(made, "is_safe", uuid.SafeUUID.unknown)
+    _set_attribute(made, "is_safe", _UNKNOWN_SAFETY)
     return made
 
 
 _new_object = object.__new__
 _set_attribute = object.__setattr__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member looked up once: each lookup is a descriptor call
 
 
 def utcnow() -> datetime:
