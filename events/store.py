@@ -235,6 +235,8 @@ def _validate_text(name: str, value: str | None, *, required: bool = True, limit
     """`of`: the event type the value belongs to, named in the error (its label is only made then)."""
     if value is None and not required:
         return
+    if type(value) is str and value.isascii() and 1 <= len(value) <= limit:
+        return  # the usual case: ASCII holds no lone surrogate
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         raise InvalidEventError(f"{of + ': ' if of else ''}{name} must be a string of 1 to {limit} characters")
     try:

@@ -23,7 +23,7 @@ class CatalogError(ValueError):
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    return value if value.tzinfo is timezone.utc else value.astimezone(timezone.utc)
 
 
 def _json_exact(value: dict[str, Any]) -> dict[str, Any]:

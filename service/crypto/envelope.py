@@ -50,10 +50,10 @@ def _canonical(plaintext: dict[str, Any]) -> bytes:
     if not isinstance(plaintext, dict):
         raise EnvelopeError("envelope: the plaintext must be a JSON object")
     try:
+        if holds_exactly(plaintext):  # string keys, no floats (orjson would write NaN as null): orjson's bytes
+            return canonical_bytes(plaintext)
         if not all(isinstance(k, str) for k in plaintext):
             raise TypeError
-        if holds_exactly(plaintext):  # no floats (orjson would write NaN as null): orjson's bytes
-            return canonical_bytes(plaintext)
         return _ENCODER.encode(plaintext).encode()
     except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
         raise EnvelopeError("envelope: the plaintext is not a JSON object of JSON values (string keys, no NaN, valid Unicode)") from None
