@@ -260,12 +260,15 @@ def _import(
     _check_context(command.context)
     _aware(command.expires_at, "expires_at")
     fps = _require_fingerprints(fingerprints, command.credentials)
-    imported = TokensImported(
-        at=now,
+    # Every value below is checked: the command's by its validation, the context, fingerprints and
+    # instants just above (Event.from_checked).
+    at = _utc(now)
+    imported = TokensImported.from_checked(
+        at=at,
         source=command.source,
         external_ref=command.external_ref,
         token_type=command.token_type,
-        expires_at=command.expires_at,
+        expires_at=None if command.expires_at is None else _utc(command.expires_at),
         scopes=command.scopes,
         fingerprints=fps,
         context=command.context,
@@ -274,8 +277,8 @@ def _import(
 
     if state.status is None:
         events: list[Event] = [
-            AccountConnecting(
-                at=now,
+            AccountConnecting.from_checked(
+                at=at,
                 account_id=state.account_id,
                 environment=command.environment,
                 integration=command.integration,
@@ -288,7 +291,7 @@ def _import(
             imported,
         ]
         if nothing_to_check:
-            events.append(AccountValidated(at=now, how="import"))
+            events.append(AccountValidated.from_checked(at=at, how="import"))
         return events
 
     for field, ours, theirs in (
@@ -431,7 +434,7 @@ def _require_fingerprints(fingerprints: dict[str, str] | None, credentials: Cred
 def _utc(instant: datetime) -> datetime:
     if instant.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return instant.astimezone(timezone.utc)
+    return instant if instant.tzinfo is timezone.utc else instant.astimezone(timezone.utc)
 
 
 def _aware(instant: datetime | None, field: str) -> None:

@@ -195,6 +195,17 @@ def test_import_without_health_check_goes_connecting_then_active_at_once():
     assert events[0].account_id == ACCOUNT_ID
 
 
+def test_import_events_are_the_validated_events_with_times_in_utc():
+    zone = timezone(timedelta(hours=-7))
+    now = T0.astimezone(zone)
+    command = import_command(expires_at=EXPIRES.astimezone(zone))
+    events = domain.decide(AccountState.blank(ACCOUNT_ID), command, now, integration=PLAIN,
+                           fingerprints=fingerprints_of(command.credentials), data_key_id=DATA_KEY)
+    assert events == [type(event)(**event.__dict__) for event in events]  # as pydantic would have built them
+    assert all(event.at.tzinfo is timezone.utc for event in events)
+    assert events[1].expires_at == EXPIRES and events[1].expires_at.tzinfo is timezone.utc
+
+
 def test_import_with_health_check_stays_connecting_until_validation():
     account = Account()
     assert types(account.run(import_command(), integration=CHECKED)) == ["AccountConnecting", "TokensImported"]

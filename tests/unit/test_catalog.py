@@ -185,6 +185,22 @@ def test_the_stored_text_is_the_canonical_json_of_the_encoded_payload(event):
     assert encode_json(event) == canonical_json(encode(event))
 
 
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.type)
+def test_an_event_from_checked_values_equals_the_validated_one(event):
+    fields = dict(event.__dict__)
+    made = type(event).from_checked(**fields)
+    assert made == event
+    assert encode_json(made) == encode_json(event)
+    assert made.model_dump() == event.model_dump()
+
+
+def test_from_checked_wants_every_field_and_no_other():
+    with pytest.raises(TypeError, match=r"missing \['how'\]"):
+        AccountValidated.from_checked(at=AT)
+    with pytest.raises(TypeError, match=r"unknown \['extra'\]"):
+        AccountValidated.from_checked(at=AT, how="import", extra=1)
+
+
 def test_the_stored_text_of_an_event_with_a_zone_and_whole_seconds_is_canonical():
     paris = timezone(timedelta(hours=2))
     event = TokensImported(at=datetime(2026, 10, 15, 16, 30, tzinfo=paris), source="import:truto",
