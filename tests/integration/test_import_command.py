@@ -176,6 +176,7 @@ async def test_an_account_created_elsewhere_is_imported_here_as_an_update(uows):
 
 async def test_concurrent_commands_sharing_a_statement_keep_their_own_actor_and_errors(uows):
     uow = uows[0]
+    await import_account(command("first"), uow)  # the process holds the integration's state from now on
     actors = [uow.acting_as(f"key:caller-{i}", correlation_id=uuid.uuid4()) for i in range(12)]
     refused = command("t-basic").model_copy(update={"authentication_method": "basic"})  # not enabled for crm
     results = await asyncio.gather(
