@@ -71,7 +71,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
 class Keyring:
     """KEKs by id and which one wraps new data keys. Immutable once built."""
 
-    __slots__ = ("_keys", "_primary")
+    __slots__ = ("_keys", "_primary", "_sealer")
 
     def __init__(self, keys: dict[str, bytes], primary: str):
         if not keys:
@@ -89,6 +89,10 @@ class Keyring:
             raise KeyringError(f'keyring: primary "{primary}" is not among the keys')
         self._keys = checked
         self._primary = primary
+        self._sealer = AESGCM(checked[primary])  # made once: every new data key is wrapped with it
+
+    def __reduce__(self):
+        return Keyring, (self._keys, self._primary)  # import workers get one; the cipher is made there
 
     @property
     def keys(self) -> dict[str, bytes]:
@@ -209,7 +213,7 @@ class Keyring:
         if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != KEY_BYTES:
             raise KeyringError(f"keyring: a data key must be {KEY_BYTES} bytes")
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(self._keys[self._primary]).encrypt(nonce, bytes(data_key), self._primary.encode())
+        sealed = self._sealer.encrypt(nonce, bytes(data_key), self._primary.encode())
         return self._primary, nonce + sealed
 
     def unwrap(self, kek_id: str, wrapped: bytes) -> bytes:
