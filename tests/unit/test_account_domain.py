@@ -105,6 +105,7 @@ def check_step(state: AccountState, events) -> None:
     assert AccountState.model_validate(state.model_dump(mode="json")) == state
     assert AccountState.model_validate(json.loads(json.dumps(state.model_dump(mode="json")))) == state
     assert AccountState.model_validate_json(snapshot_json(state)) == state  # the head row's form
+    assert json.loads(snapshot_json(state)) == json.loads(state.model_dump_json(exclude_defaults=True))
     for event in events:
         text = canonical_json(encode(event))
         assert decode(event.type, event.schema_version, json.loads(text)) == event
