@@ -125,7 +125,7 @@ def encode_json(event: Event) -> CanonicalJson:
     the text of encode(), without building its dict first (an import encodes three events per
     account). Anything orjson does not take that way goes through encode()."""
     try:
-        encoded = orjson.dumps(event.__dict__, option=_FIELDS_AS_THEY_ARE, default=_instant)
+        encoded = orjson.dumps(event.__dict__, option=_FIELDS_AS_THEY_ARE, default=instant_text)
     except (TypeError, orjson.JSONEncodeError):
         return typed_json(event.model_dump(mode="json"), what=f"{event.type}.data")
     return within_limit(encoded, f"{event.type}.data")
@@ -134,8 +134,10 @@ def encode_json(event: Event) -> CanonicalJson:
 _FIELDS_AS_THEY_ARE = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
-def _instant(value: Any) -> str:
-    if isinstance(value, datetime):  # every datetime of an event is an Instant
+def instant_text(value: Any) -> str:
+    """orjson's hook for the datetimes of a model's fields (Instants): written as format_instant
+    writes them. Anything else, and a naive datetime, makes orjson refuse the whole value."""
+    if isinstance(value, datetime):
         return format_instant(value)
     raise TypeError(f"{type(value).__name__} is not encoded here")
 
