@@ -263,7 +263,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     progress.update(task, completed=len(results))
         finally:
             if uow.shared.import_workers:
-                uow.shared.import_workers.close()
+                await uow.shared.import_workers.close()
         return results
 
     results = asyncio.run(_with_uow(settings, run))

@@ -49,5 +49,5 @@ async def account_uow(dsn: str, pool_size: int = 20) -> AsyncIterator[UnitOfWork
         yield uow
     finally:
         if uow.shared.import_workers:
-            uow.shared.import_workers.close()
+            await uow.shared.import_workers.close()
         await pool.close()

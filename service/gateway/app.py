@@ -153,7 +153,7 @@ async def _import_workers(app: web.Application):
     yield
     uow.shared.import_workers = None
     if workers:
-        workers.close()
+        await workers.close()
 
 
 async def _digest_worker(app: web.Application):

@@ -65,7 +65,7 @@ async def test_workers_prepare_what_the_serving_process_would(uow):
                                                     profile="truto", now=uow.clock()), run, profile="truto")
     finally:
         uow.shared.import_workers = None
-        workers.close()
+        await workers.close()
     assert sum(jobs) == count - 1 and len(jobs) == 5  # one record failed parsing, before any worker
     assert [(r.line, r.outcome, r.field, r.status) for r in remote] == [(r.line, r.outcome, r.field, r.status) for r in local]
     outcomes = [r.outcome for r in remote]
@@ -94,7 +94,7 @@ async def test_a_worker_that_dies_costs_no_import(uow):
     await workers.start()
     uow.shared.import_workers = workers
     try:
-        for pid in list(workers._executor._processes):  # as the kernel's OOM killer would
+        for pid in workers.pids:  # as the kernel's OOM killer would
             os.kill(pid, signal.SIGKILL)
         first = await import_accounts(parse_import(_lines("workers", 1200), "application/x-ndjson",
                                                    environment="workers", profile="truto", now=uow.clock()), uow,
@@ -106,6 +106,43 @@ async def test_a_worker_that_dies_costs_no_import(uow):
         assert [r.outcome for r in again].count("imported") == 1198
     finally:
         uow.shared.import_workers = None
-        workers.close()
+        await workers.close()
     secrets = await current_credentials(uow, first[5].account_id)
     assert secrets["access_token"] == "at-workers-5"
+
+
+async def test_a_worker_killed_while_preparing_hands_its_chunks_back_and_is_replaced(uow):
+    import asyncio
+    import os
+    import signal
+
+    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 1)
+    await workers.start()
+    [first_pid] = workers.pids
+    uow.shared.import_workers = workers
+
+    async def kill_soon() -> None:
+        await asyncio.sleep(0.2)  # while the worker holds chunks
+        os.kill(first_pid, signal.SIGKILL)
+
+    try:
+        killer = asyncio.create_task(kill_soon())
+        results = await import_accounts(parse_import(_lines("workers", 2400), "application/x-ndjson",
+                                                     environment="workers", profile="truto", now=uow.clock()), uow,
+                                        profile="truto")
+        await killer
+        assert [r.outcome for r in results].count("imported") == 2398
+        for _ in range(200):  # a new worker takes the dead one's place
+            if workers.pids != [first_pid] and workers._workers[0].ready:
+                break
+            await asyncio.sleep(0.05)
+        assert workers.pids != [first_pid] and workers._workers[0].ready
+        again = await import_accounts(parse_import(_lines("here", 1200), "application/x-ndjson",
+                                                   environment="here", profile="truto", now=uow.clock()), uow,
+                                      profile="truto")
+        assert [r.outcome for r in again].count("imported") == 1198
+    finally:
+        uow.shared.import_workers = None
+        await workers.close()
+    secrets = await current_credentials(uow, results[2000].account_id)
+    assert secrets["access_token"] == "at-workers-2000"
