@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from service.runtime import tune_collector
+from service.runtime import collector_paused, tune_collector
 from service.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("linkledger")
@@ -250,7 +250,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     content_type = "application/json" if body.lstrip()[:1] == b"[" else "application/x-ndjson"
 
     async def run(uow):
-        records = parse_import(body, content_type, environment=args.env, profile=args.profile, now=uow.clock())
+        with collector_paused():  # as import_accounts does, for the parse of the whole file too
+            records = parse_import(body, content_type, environment=args.env, profile=args.profile, now=uow.clock())
         results = []
         if settings.import_workers and len(records) > 1000:
             uow.shared.import_workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, settings.import_workers)

@@ -28,6 +28,7 @@ from service.handlers.import_profiles import ParsedRecord, export_record
 from service.handlers.repositories import load_account, load_account_and_integration, load_integration
 from service.handlers.commit import decide_and_append
 from service.handlers.uow import UnitOfWork, snapshot_json
+from service.runtime import collector_paused
 
 Outcome = Literal["imported", "updated", "unchanged"]
 
@@ -317,7 +318,15 @@ async def import_accounts(
     Every record gets its own result; a bad one never stops or hides the others.
 
     `records` may be a lazy iterator (import_profiles.iter_parse_import): the records are taken a
-    chunk at a time, so parsing the next chunk overlaps preparing and writing the earlier ones."""
+    chunk at a time, so parsing the next chunk overlaps preparing and writing the earlier ones.
+    The cyclic garbage collector is paused meanwhile (service.runtime.collector_paused)."""
+    with collector_paused():
+        return await _import_accounts(records, uow, profile=profile, chunk=chunk, concurrency=concurrency)
+
+
+async def _import_accounts(
+    records: Iterable[ParsedRecord], uow: UnitOfWork, *, profile: str, chunk: int, concurrency: int,
+) -> list[RecordResult]:
     results: dict[int, RecordResult] = {}
     lines: list[int] = []
     integrations: dict[tuple[str, str], IntegrationState] = {}

@@ -45,9 +45,19 @@ async def uow(database_url, servers):
 
 
 async def test_workers_prepare_what_the_serving_process_would(uow):
+    import gc
+
     count = 1200  # five chunks of 250 (the last of 200): shared out to the workers
-    local = await import_accounts(parse_import(_lines("here", count), "application/x-ndjson", environment="here",
-                                               profile="truto", now=uow.clock()), uow, profile="truto")
+    records = parse_import(_lines("here", count), "application/x-ndjson", environment="here", profile="truto",
+                           now=uow.clock())
+    collections = []
+    gc.callbacks.append(collect := lambda phase, info: collections.append(phase))
+    try:
+        local = await import_accounts(records, uow, profile="truto")
+    finally:
+        gc.callbacks.remove(collect)
+    # The collector paused for the import (without, hundreds of passes), and ran at once after.
+    assert collections.count("start") <= 1 and gc.isenabled()
     workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 2)
     await workers.start()
     jobs = []
