@@ -296,3 +296,29 @@ async def test_create_streams_writes_new_streams_in_one_go_and_skips_existing_on
     report = await verify_log(owner)
     assert report.ok, report.problems
     assert report.events == 5
+
+
+async def test_event_data_is_stored_byte_for_byte_whatever_its_strings_hold(store, owner):
+    """Event data travels to PostgreSQL as a string inside a JSON document: every byte of the
+    canonical text must come back, and the chain must verify, on both ways in (new streams and
+    appends)."""
+    from events.canonical import canonical_json
+    from events.integrity import verify_log
+
+    payloads = [
+        {"text": 'quote " backslash \\ slash / tab \t newline \n', "n": 12345678901234567890123},
+        {"text": "nul \x00 and bell \x07", "nested": [{"k": "\x00"}, None, True]},
+        {"text": "emoji \U0001F600 accents éü line separator \u2028", "escaped": "\\u0000 as typed"},
+        {"empty": {}, "list": [], "deep": {"a": {"b": {"c": ["x"]}}}},
+    ]
+    created = await store.create_streams([
+        (f"bytes-new-{i}", [NewEvent("Noted", payload)], None) for i, payload in enumerate(payloads)])
+    assert all(created.values())
+    await asyncio.gather(*(store.append(f"bytes-new-{i}", [NewEvent("Noted", payload)], 1)
+                           for i, payload in enumerate(payloads)))
+    for i, payload in enumerate(payloads):
+        stored = await owner.fetch("SELECT data FROM events WHERE stream_id = $1 ORDER BY version", f"bytes-new-{i}")
+        assert [row["data"] for row in stored] == [str(canonical_json(payload))] * 2
+        assert [event.data for event in await store.read_stream(f"bytes-new-{i}")] == [payload] * 2
+    report = await verify_log(owner)
+    assert report.ok, report.problems
