@@ -322,3 +322,46 @@ async def test_event_data_is_stored_byte_for_byte_whatever_its_strings_hold(stor
         assert [event.data for event in await store.read_stream(f"bytes-new-{i}")] == [payload] * 2
     report = await verify_log(owner)
     assert report.ok, report.problems
+
+
+async def test_a_batch_holding_the_text_forms_separators_goes_as_json_documents(store, owner):
+    """New streams travel as text documents split on control characters; a batch in which any
+    value holds one (a caller's stream id, type, actor, snapshot or companion value) or has no
+    text form (a float) must go as JSON documents, whole and unchanged."""
+    from events import store as store_module
+    from events.integrity import verify_log
+    from events.store import Companion, creation_batch, prepare_creation
+
+    await owner.execute("CREATE TABLE notes (stream_id text PRIMARY KEY, note text, weight float8);"
+                        "GRANT SELECT, INSERT ON notes TO linkledger_app")
+    note = "INSERT INTO notes (stream_id, note, weight) SELECT stream_id, note, weight FROM {rows}"
+
+    def stream(stream_id: str, text: str, weight, *, type_: str = "Noted", actor: str = "system") -> object:
+        return prepare_creation(stream_id, [NewEvent(type_, {"text": text}, actor=actor)], {"text": text},
+                                (Companion(note, (("note", "text"), ("weight", "float8")), (text, weight)),))
+
+    plain = creation_batch([stream("sep-a", "plain", 1), stream("sep-b", "", None)])
+    assert plain.form == store_module.TEXT_FORM
+    batches = [creation_batch(case) for case in (
+        [stream("sep-c\x1fodd", "a stream id with a field separator", 1), stream("sep-d", "beside it", 2)],
+        [stream("sep-e", "row\x1eseparator", 1)],
+        [stream("sep-f", "null\x1dmark", None)],
+        [stream("sep-g", "a float", 0.5)],
+        [stream("sep-h", "type", 1, type_="Odd\x1fType")],
+        [stream("sep-i", "actor", 1, actor="key\x1e1")],
+    )]
+    assert [batch.form for batch in batches] == [store_module.JSON_FORM] * 6
+    for batch in (plain, *batches):
+        created = await store.create_batch(batch)
+        assert all(created.values()), created
+    notes = {r["stream_id"]: (r["note"], r["weight"]) for r in await owner.fetch("SELECT * FROM notes")}
+    assert notes == {
+        "sep-a": ("plain", 1), "sep-b": ("", None), "sep-c\x1fodd": ("a stream id with a field separator", 1),
+        "sep-d": ("beside it", 2), "sep-e": ("row\x1eseparator", 1), "sep-f": ("null\x1dmark", None),
+        "sep-g": ("a float", 0.5), "sep-h": ("type", 1), "sep-i": ("actor", 1)}
+    assert (await store.head("sep-e")).snapshot == {"text": "row\x1eseparator"}
+    assert (await store.head("sep-b")).snapshot == {"text": ""}
+    assert [(e.type, e.data) for e in await store.read_stream("sep-h")] == [("Odd\x1fType", {"text": "type"})]
+    assert [e.actor for e in await store.read_stream("sep-i")] == ["key\x1e1"]
+    report = await verify_log(owner)
+    assert report.ok, report.problems

@@ -21,14 +21,15 @@ from service.handlers.token_reads import _READ
 from service.workers import access_log
 from service.workers.refresher import _CLAIM
 
-_CREATION = store._creation_sql((
+_CREATION_KINDS = (
     (accounts._INTEGRATION_AT, accounts._INTEGRATION_AT_COLUMNS, True),
     (_KEY_WITH_STREAM, _KEY_COLUMNS, True),
     (accounts._SCHEDULE_WITH_STREAM, accounts._SCHEDULE_COLUMNS, False),
-))
+)
 
 STATEMENTS = {
-    "account creation (import)": _CREATION,
+    "account creation (import)": store._creation_sql(_CREATION_KINDS),
+    "account creation, JSON documents": store._creation_sql(_CREATION_KINDS, store.JSON_FORM),
     "group-commit append": store._APPEND_BATCH,
     "head reads": store._READ_HEADS,
     "token read": _READ,
