@@ -327,14 +327,18 @@ def _text_field(value: Any) -> str:
         return value
     if value is None:
         return _NULL
-    if kind is int:
+    if kind is int or kind is uuid.UUID:
         return str(value)
+    if kind is bytes:
+        return "\\x" + value.hex()
     if kind is bool:
         return "t" if value else "f"
     if isinstance(value, str):  # a subclass (CanonicalJson)
         return str(value)
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return format_instant(value)
+        # Not format_instant: its cache is for the few instants every event repeats, and a
+        # companion's instants (refresh due times) are each new.
+        return value.isoformat()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
     if isinstance(value, (int, uuid.UUID)):
