@@ -2,7 +2,11 @@
 written itself: the same results per line, tokens that decrypt under each account's own key,
 chains that verify, bad records rejected by line."""
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
 import uuid
 
 import pytest
@@ -31,6 +35,12 @@ def _lines(environment_tag: str, count: int) -> bytes:
             record["integration_name"] = "nowhere"
         lines.append(json.dumps(record))
     return "\n".join(lines).encode()
+
+
+async def _import(uow, environment: str, count: int):
+    return await import_accounts(parse_import(_lines(environment, count), "application/x-ndjson",
+                                              environment=environment, profile="truto", now=uow.clock()),
+                                 uow, profile="truto")
 
 
 @pytest.fixture
@@ -96,63 +106,48 @@ async def test_workers_prepare_what_the_serving_process_would(uow):
     assert report.ok, report.as_dict()
 
 
-async def test_a_worker_that_dies_costs_no_import(uow):
-    import os
-    import signal
-
-    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 2)
+@contextlib.asynccontextmanager
+async def _serving(uow, processes: int):
+    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, processes)
     await workers.start()
     uow.shared.import_workers = workers
     try:
-        for pid in workers.pids:  # as the kernel's OOM killer would
-            os.kill(pid, signal.SIGKILL)
-        first = await import_accounts(parse_import(_lines("workers", 1200), "application/x-ndjson",
-                                                   environment="workers", profile="truto", now=uow.clock()), uow,
-                                      profile="truto")
-        assert [r.outcome for r in first].count("imported") == 1198
-        again = await import_accounts(parse_import(_lines("here", 1200), "application/x-ndjson",
-                                                   environment="here", profile="truto", now=uow.clock()), uow,
-                                      profile="truto")
-        assert [r.outcome for r in again].count("imported") == 1198
+        yield workers
     finally:
         uow.shared.import_workers = None
         await workers.close()
-    secrets = await current_credentials(uow, first[5].account_id)
-    assert secrets["access_token"] == "at-workers-5"
+
+
+async def _imports_all_but_the_two_bad_records(uow, environment: str, count: int):
+    results = await _import(uow, environment, count)
+    assert [r.outcome for r in results].count("imported") == count - 2
+    return results
+
+
+async def test_a_worker_that_dies_costs_no_import(uow):
+    async with _serving(uow, 2) as workers:
+        for pid in workers.pids:  # as the kernel's OOM killer would
+            os.kill(pid, signal.SIGKILL)
+        first = await _imports_all_but_the_two_bad_records(uow, "workers", 1200)
+        await _imports_all_but_the_two_bad_records(uow, "here", 1200)
+    assert (await current_credentials(uow, first[5].account_id))["access_token"] == "at-workers-5"
 
 
 async def test_a_worker_killed_while_preparing_hands_its_chunks_back_and_is_replaced(uow):
-    import asyncio
-    import os
-    import signal
+    async with _serving(uow, 1) as workers:
+        [first_pid] = workers.pids
 
-    workers = ImportWorkers(uow.data_keys.keyring, uow.fingerprinter, 1)
-    await workers.start()
-    [first_pid] = workers.pids
-    uow.shared.import_workers = workers
+        async def kill_soon() -> None:
+            await asyncio.sleep(0.2)  # while the worker holds chunks
+            os.kill(first_pid, signal.SIGKILL)
 
-    async def kill_soon() -> None:
-        await asyncio.sleep(0.2)  # while the worker holds chunks
-        os.kill(first_pid, signal.SIGKILL)
-
-    try:
         killer = asyncio.create_task(kill_soon())
-        results = await import_accounts(parse_import(_lines("workers", 2400), "application/x-ndjson",
-                                                     environment="workers", profile="truto", now=uow.clock()), uow,
-                                        profile="truto")
+        results = await _imports_all_but_the_two_bad_records(uow, "workers", 2400)
         await killer
-        assert [r.outcome for r in results].count("imported") == 2398
         for _ in range(200):  # a new worker takes the dead one's place
             if workers.pids != [first_pid] and workers._workers[0].ready:
                 break
             await asyncio.sleep(0.05)
         assert workers.pids != [first_pid] and workers._workers[0].ready
-        again = await import_accounts(parse_import(_lines("here", 1200), "application/x-ndjson",
-                                                   environment="here", profile="truto", now=uow.clock()), uow,
-                                      profile="truto")
-        assert [r.outcome for r in again].count("imported") == 1198
-    finally:
-        uow.shared.import_workers = None
-        await workers.close()
-    secrets = await current_credentials(uow, results[2000].account_id)
-    assert secrets["access_token"] == "at-workers-2000"
+        await _imports_all_but_the_two_bad_records(uow, "here", 1200)
+    assert (await current_credentials(uow, results[2000].account_id))["access_token"] == "at-workers-2000"
