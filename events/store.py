@@ -186,7 +186,7 @@ _CREATE_PARAMETERS = 2
 # spends about a microsecond on each array element): rows split by RS (\x1e), fields by US
 # (\x1f), NULL written as GS (\x1d), each field read by its type's input function. PostgreSQL
 # splits that about twice as fast as it parses the same rows as JSON (which it parses twice: to
-# accept the parameter, then to read the records), and it is a quarter smaller. Canonical JSON
+# accept the parameter, then to read the records), and it is a fifth smaller. Canonical JSON
 # and the ids, hashes and names the log holds never contain those three characters; a batch in
 # which any value does (a caller's own stream id or companion value, say), or that holds a value
 # with no text form here (a float), goes as JSON documents instead (json_to_recordset).

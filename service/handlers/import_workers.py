@@ -8,9 +8,9 @@ keyring and the audit key but no connection, and write nothing themselves.
 
 Each worker is joined to the serving process by a socket pair that the event loop reads itself:
 a request is a length-prefixed pickle of (operation, arguments), answered in order. There are no
-executor threads: with `concurrent.futures`' process pool, a feeder and a result thread in the
-serving process pickled and unpickled each chunk, taking the interpreter's lock from the event
-loop at moments of their own choosing.
+executor threads in the serving process (`concurrent.futures`' process pool ran a feeder and a
+result thread there; throughput measured the same either way), and a worker's death is seen at
+once, as the end of its socket.
 """
 
 import asyncio
@@ -161,7 +161,11 @@ class ImportWorkers:
         worker.waiting.append(ready)
         worker.reading = asyncio.create_task(worker.read())
         worker.reading.add_done_callback(lambda _: self._died(worker))
-        await ready
+        try:
+            await ready
+        except BaseException:  # it died starting, or we were cancelled: leave nothing behind
+            await self._stop(worker)
+            raise
         worker.ready = True
         return worker
 
