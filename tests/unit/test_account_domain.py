@@ -127,8 +127,11 @@ class Account:
         if isinstance(command, ImportAccount):
             context.setdefault("integration", PLAIN)
         events = domain.decide(self.state, command, self.now, **context)
+        before = self.state
         for event in events:
             self.state = domain.evolve(self.state, event)
+        folded = domain.fold(before, events)  # all at once, assembled once: the same state
+        assert folded == self.state and folded.model_fields_set == self.state.model_fields_set
         self.log += events
         check_step(self.state, events)
         assert self.state.version == len(self.log)
@@ -136,8 +139,10 @@ class Account:
 
     def replayed(self) -> AccountState:
         state = AccountState.blank(self.state.account_id)
-        for event in self.log:
-            state = domain.evolve(state, decode(event.type, event.schema_version, json.loads(canonical_json(encode(event)))))
+        decoded = [decode(event.type, event.schema_version, json.loads(canonical_json(encode(event)))) for event in self.log]
+        for event in decoded:
+            state = domain.evolve(state, event)
+        assert domain.fold(AccountState.blank(self.state.account_id), decoded) == state
         return state
 
 
