@@ -12,7 +12,7 @@ import orjson
 
 from events.batching import Coalescer
 from events.canonical import MAX_PAYLOAD_BYTES, CanonicalJson, canonical_json
-from events.envelope import LogPosition, NewEvent, RecordedEvent
+from events.envelope import LogPosition, NewEvent, RecordedEvent, uuid_text
 from events.errors import (
     AppendOrderError,
     ConcurrencyError,
@@ -327,7 +327,9 @@ def _text_field(value: Any) -> str:
         return value
     if value is None:
         return _NULL
-    if kind is int or kind is uuid.UUID:
+    if kind is uuid.UUID:
+        return uuid_text(value)
+    if kind is int:
         return str(value)
     if kind is bytes:
         return "\\x" + value.hex()

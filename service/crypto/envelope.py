@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from events.canonical import canonical_bytes, holds_exactly
+from events.envelope import uuid_text
 
 VERSION = 0x01
 KEY_BYTES = 32
@@ -37,7 +38,7 @@ def event_aad(stream_id: str, event_id: uuid.UUID | str) -> bytes:
     """Associated data binding a ciphertext to one event of one stream."""
     if not isinstance(event_id, uuid.UUID):
         event_id = uuid.UUID(str(event_id))  # one spelling of each id
-    return f"{stream_id}\x1f{event_id}".encode()
+    return f"{stream_id}\x1f{uuid_text(event_id)}".encode()
 
 
 def _check_key(data_key: bytes, error: type[EnvelopeError]) -> bytes:

@@ -8,6 +8,7 @@ second import an update instead of a second account.
 import functools
 import uuid
 
+from events.envelope import uuid_text
 from service.domain.commands import ImportAccount
 
 _NAMESPACE = uuid.UUID("6f1c1d3e-1b7a-5c55-9a4e-6c696e6b6c65")
@@ -30,7 +31,7 @@ def _account_id(identity: str) -> uuid.UUID:
 
 
 def account_stream(account_id: uuid.UUID) -> str:
-    return f"account-{account_id}"
+    return f"account-{uuid_text(account_id)}"
 
 
 def integration_stream(environment: str, name: str) -> str:

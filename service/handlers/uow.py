@@ -78,10 +78,9 @@ class UnitOfWork:
         self, event: Event, now: datetime, *, event_id: uuid.UUID | None = None,
         secret: bytes | None = None, key_id: str | None = None,
     ) -> NewEvent:
-        return NewEvent(
-            type=event.type, schema_version=event.schema_version, data=encode_json(event),
-            event_id=event_id or uuid7(), occurred_at=now, actor=self.actor,
-            correlation_id=self.correlation_id, secret=secret, key_id=key_id,
+        return NewEvent.from_values(
+            event.type, encode_json(event), event.schema_version, event_id or uuid7(), now, self.actor,
+            self.correlation_id, None, secret, key_id,
         )
 
 

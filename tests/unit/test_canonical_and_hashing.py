@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.canonical import MAX_PAYLOAD_BYTES, canonical_json, typed_json
-from events.envelope import uuid7
+import dataclasses
+
+from events.envelope import NewEvent, uuid7, uuid_text
 from events.errors import InvalidEventError
 from events.hashing import GENESIS_HASH, body_hash, chain_hash, format_instant, header_bytes
 
@@ -369,6 +371,32 @@ def test_uuid7_increases_over_time():
 def test_uuid7_is_unique_within_a_millisecond():
     ids = [uuid7() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
+
+
+def test_uuid_text_is_str():
+    for value in [uuid7(), uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)]:
+        assert uuid_text(value) == str(value)
+
+
+def test_uuid7_random_bits_are_all_used():
+    # 74 random bits: 12 after the version nibble, 62 after the variant bits
+    ors, ands = 0, (1 << 128) - 1
+    for _ in range(2000):
+        value = uuid7().int
+        ors, ands = ors | value, ands & value
+    random_bits = ((1 << 12) - 1) << 64 | ((1 << 62) - 1)
+    assert ors & random_bits == random_bits and ands & random_bits == 0
+
+
+def test_new_event_from_values_is_the_event_its_constructor_makes():
+    values = dict(type="TokensImported", data='{"a":1}', schema_version=2, event_id=uuid7(),
+                  occurred_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), actor="key:ak_1",
+                  correlation_id=uuid7(), causation_id=None, secret=b"\x01ciphertext", key_id="dk_1")
+    made, built = NewEvent.from_values(**values), NewEvent(**values)
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    assert dataclasses.asdict(made) == values and dataclasses.replace(made, actor="system") == NewEvent(**values | {"actor": "system"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.actor = "someone else"
 
 
 _json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
