@@ -78,7 +78,7 @@ class Event(BaseModel):
         import makes three events per account out of a validated command, and pydantic's checks
         would repeat the command's); everything else builds events the validating way, cls(...).
         The catalog's round-trip tests hold both ways to the same events."""
-        if fields.keys() != cls.model_fields.keys():
+        if fields.keys() != cls.__pydantic_fields__.keys():  # model_fields, without its descriptor's Python call
             missing, extra = cls.model_fields.keys() - fields.keys(), fields.keys() - cls.model_fields.keys()
             raise TypeError(f"{cls.__name__}.from_checked needs every field: missing {sorted(missing)}, unknown {sorted(extra)}")
         return assembled(cls, fields)
