@@ -164,16 +164,20 @@ WITH {gates}heads AS (
     FROM {heads} AS h{gate_filter}
   ON CONFLICT (stream_id) DO NOTHING
   RETURNING stream_id
-){followers}
+){followers}{insert_events}
+"""
+_INSERT_EVENTS = """
 INSERT INTO events (event_id, stream_id, version, type, schema_version, data, secret, key_id,
                     occurred_at, actor, correlation_id, causation_id, prev_hash, hash)
 SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.data, e.secret, e.key_id,
        e.occurred_at, e.actor, e.correlation_id, e.causation_id, e.prev_hash, e.hash
   FROM {events} AS e
   JOIN heads USING (stream_id)
- ORDER BY e.stream_id, e.version
-RETURNING stream_id, position, version, hash
-"""
+ ORDER BY e.stream_id, e.version"""
+# What the statement answers: each new event's position, version and hash, or only which streams
+# it created (a command creating accounts needs no more, and 8 rows decode quicker than 24).
+_EVENT_RESULTS = _INSERT_EVENTS + "\nRETURNING stream_id, position, version, hash"
+_STREAM_RESULTS = ", created_events AS (" + _INSERT_EVENTS + ")\nSELECT stream_id FROM heads"
 _HEAD_COLUMNS = (("stream_id", "text"), ("version", "int"), ("prev_hash", "bytea"), ("last_hash", "bytea"),
                  ("snapshot", "text"))
 _EVENT_COLUMNS = (("event_id", "uuid"), ("stream_id", "text"), ("version", "int"), ("type", "text"),
@@ -230,8 +234,9 @@ class Companion:
         return (self.insert, self.columns, self.gate)
 
 
-def _creation_sql(kinds: tuple[tuple, ...], form: str = TEXT_FORM) -> str:
-    """The stream-creation statement with these kinds of companions, its documents in `form`."""
+def _creation_sql(kinds: tuple[tuple, ...], form: str = TEXT_FORM, answer: str = "events") -> str:
+    """The stream-creation statement with these kinds of companions, its documents in `form`,
+    answering with each new event (`answer` "events") or each new stream ("streams")."""
     gates, filters, followers = [], [], []
     gates_so_far: list[int] = []
     parameter = _CREATE_PARAMETERS
@@ -251,7 +256,7 @@ def _creation_sql(kinds: tuple[tuple, ...], form: str = TEXT_FORM) -> str:
     return _CREATE_STREAMS.format(
         gates="".join(gates), gate_filter="\n   WHERE " + " AND ".join(filters) if filters else "",
         followers="".join(followers), heads=_relation(1, _HEAD_COLUMNS, form),
-        events=_relation(2, _EVENT_COLUMNS, form),
+        insert_events=(_EVENT_RESULTS if answer == "events" else _STREAM_RESULTS).format(events=_relation(2, _EVENT_COLUMNS, form)),
     )
 
 
@@ -460,7 +465,7 @@ class PostgresEventStore:
         self._stream_creator = Coalescer(self._create_prepared, alone_on=alone_on)
         self._head_reader = Coalescer(self._read_heads, alone_on=alone_on)
         self._creators: dict[tuple, Coalescer] = {}  # creations with companions, by their kinds
-        self._creation_statements: dict[tuple, str] = {(): _creation_sql(())}
+        self._creation_statements: dict[tuple, str] = {}
         self._append_listeners: list[Callable[[], None]] = []
 
     def on_append(self, listener: Callable[[], None]) -> None:
@@ -570,15 +575,7 @@ class PostgresEventStore:
 
     async def create_batch(self, batch: "CreationBatch") -> dict[str, list[AppendResult] | None]:
         """Write a creation_batch (made here or in another process) in one statement."""
-        sql = self._creation_statements.get((batch.kinds, batch.form))
-        if sql is None:
-            sql = self._creation_statements[(batch.kinds, batch.form)] = _creation_sql(batch.kinds, batch.form)
-        try:
-            rows = await self._pool.fetch(sql, *batch.documents)
-        except asyncpg.UniqueViolationError as exc:
-            raise InvalidEventError("an event id in this batch is already used by another event") from exc
-        except asyncpg.CheckViolationError as exc:
-            raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
+        rows = await self._write_batch(batch, "events")
         created: dict[str, list[AppendResult] | None] = dict.fromkeys(batch.stream_ids)
         for row in rows:
             results = created[row["stream_id"]] or []
@@ -587,6 +584,25 @@ class PostgresEventStore:
         if rows:
             self._appended()
         return created
+
+    async def create_batch_streams(self, batch: "CreationBatch") -> set[str]:
+        """create_batch, answering only which of the batch's streams it created."""
+        created = {row[0] for row in await self._write_batch(batch, "streams")}
+        if created:
+            self._appended()
+        return created
+
+    async def _write_batch(self, batch: "CreationBatch", answer: str) -> list[asyncpg.Record]:
+        key = (batch.kinds, batch.form, answer)
+        sql = self._creation_statements.get(key)
+        if sql is None:
+            sql = self._creation_statements[key] = _creation_sql(batch.kinds, batch.form, answer)
+        try:
+            return await self._pool.fetch(sql, *batch.documents)
+        except asyncpg.UniqueViolationError as exc:
+            raise InvalidEventError("an event id in this batch is already used by another event") from exc
+        except asyncpg.CheckViolationError as exc:
+            raise InvalidEventError(f"event refused by the log: {exc.constraint_name or exc}") from None
 
     @staticmethod
     def _prepare(stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[tuple]:

@@ -180,10 +180,10 @@ async def _create_held(items: list[tuple]) -> dict[str, ImportOutcome]:
     if not decided:
         return {}
     made = _new_account_streams(decided)
-    created = await decided[0][0].store.create_batch(creation_batch([prepared for _, _, prepared in made]))
+    created = await decided[0][0].store.create_batch_streams(creation_batch([prepared for _, _, prepared in made]))
     outcomes = {}
     for (acting, *_), (state, key, prepared) in zip(decided, made):
-        if created.get(prepared.stream_id) is not None:
+        if prepared.stream_id in created:
             acting.data_keys.created(key)
             acting.shared.existing_streams.add(prepared.stream_id)
             outcomes[prepared.stream_id] = ImportOutcome(state.account_id, "imported", state)
@@ -340,10 +340,10 @@ async def _import_accounts(
         results[record.line] = RecordResult(record.line, "rejected", field=field, reason=reason)
 
     async def write(prepared: PreparedChunk) -> None:
-        created = await uow.store.create_batch(prepared.batch) if prepared.batch else {}
+        created = await uow.store.create_batch_streams(prepared.batch) if prepared.batch else set()
         for new in prepared.accounts:
             record, cmd, account_id = by_line[new.line]
-            if created.get(new.stream) is None:
+            if new.stream not in created:
                 known.append((record, cmd))  # created meanwhile by someone else, or its key was: an update
             else:
                 uow.data_keys.created(new.key)

@@ -365,3 +365,24 @@ async def test_a_batch_holding_the_text_forms_separators_goes_as_json_documents(
     assert [e.actor for e in await store.read_stream("sep-i")] == ["key\x1e1"]
     report = await verify_log(owner)
     assert report.ok, report.problems
+
+
+async def test_a_batch_answering_streams_names_the_ones_it_created(store, owner):
+    """create_batch_streams writes what create_batch writes, and answers only which streams are
+    new: one that existed already keeps its events and is left out."""
+    from events.integrity import verify_log
+    from events.store import creation_batch, prepare_creation
+
+    await store.create_stream("answer-old", [NewEvent("Noted", {"n": 0})])
+    batch = creation_batch([
+        prepare_creation("answer-new-1", [NewEvent("Noted", {"n": 1}), NewEvent("Noted", {"n": 2})], {"n": 2}),
+        prepare_creation("answer-old", [NewEvent("Noted", {"n": 3})]),
+        prepare_creation("answer-new-2", [NewEvent("Noted", {"n": 4})]),
+    ])
+    assert await store.create_batch_streams(batch) == {"answer-new-1", "answer-new-2"}
+    assert [(e.version, e.data) for e in await store.read_stream("answer-new-1")] == [(1, {"n": 1}), (2, {"n": 2})]
+    assert (await store.head("answer-new-1")).snapshot == {"n": 2}
+    assert [e.data for e in await store.read_stream("answer-old")] == [{"n": 0}]
+    assert await store.create_batch_streams(batch) == set()
+    report = await verify_log(owner)
+    assert report.ok, report.problems

@@ -30,6 +30,7 @@ _CREATION_KINDS = (
 STATEMENTS = {
     "account creation (import)": store._creation_sql(_CREATION_KINDS),
     "account creation, JSON documents": store._creation_sql(_CREATION_KINDS, store.JSON_FORM),
+    "account creation answering streams": store._creation_sql(_CREATION_KINDS, answer="streams"),
     "group-commit append": store._APPEND_BATCH,
     "head reads": store._READ_HEADS,
     "token read": _READ,
