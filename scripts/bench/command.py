@@ -3,6 +3,7 @@ from 16 concurrent tasks, against the raw asyncpg INSERT, one row per transactio
 same kind of pool (`ceiling`) and on dedicated connections (`ceiling_dedicated`)."""
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -16,7 +17,7 @@ from service.handlers.import_profiles import to_command
 
 
 
-async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
+async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 5) -> str:
     with servers() as (server_dsn, _nats):
         async with scratch_database(server_dsn) as dsn:
             connections = [await asyncpg.connect(dsn) for _ in range(workers)]
@@ -33,7 +34,7 @@ async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
                         outcome = await import_account(command, uow)
                         assert outcome.outcome == "imported"
 
-                    command_rates, pooled_rates, dedicated_rates, latencies = [], [], [], []
+                    command_rates, pooled_rates, dedicated_rates, latencies, cpu_per_command = [], [], [], [], []
                     for round_no in range(rounds):
                         ops, elapsed, _ = await _raw_round([raw_pool] * workers, seconds, workers, 4000)
                         pooled_rates.append(ops / elapsed)
@@ -41,7 +42,9 @@ async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
                         ops, elapsed, _ = await _raw_round(connections, seconds, workers, 4000)
                         dedicated_rates.append(ops / elapsed)
                         print(f"raw insert (dedicated) round {round_no + 1}: {ops / elapsed:,.0f} txn/s", flush=True)
+                        cpu = time.process_time()
                         ops, elapsed, lat = await run_for(seconds, workers, step)
+                        cpu_per_command.append((time.process_time() - cpu) / ops)
                         command_rates.append(ops / elapsed)
                         latencies.extend(lat)
                         print(f"import command         round {round_no + 1}: {ops / elapsed:,.0f} commands/s", flush=True)
@@ -52,7 +55,8 @@ async def run(seconds: float = 5.0, workers: int = 16, rounds: int = 3) -> str:
     value, dedicated = median(command_rates), median(dedicated_rates)
     return result_line("command", value, "commands/s", median(pooled_rates),
                        ceiling_dedicated=round(dedicated, 1), ratio_dedicated=round(value / dedicated, 3),
-                       p50_ms=percentile_ms(latencies, 0.5), p99_ms=percentile_ms(latencies, 0.99), workers=workers)
+                       p50_ms=percentile_ms(latencies, 0.5), p99_ms=percentile_ms(latencies, 0.99), workers=workers,
+                       cpu_us_per_command=round(median(cpu_per_command) * 1e6, 1))
 
 
 def main(argv: list[str]) -> None:
