@@ -3,6 +3,7 @@
 Names are compared normalised (lower case, without `-` and `_`), and a name containing any of the
 words below names a secret: `X-Api-Key`, `clientSecret`, `oauth_token`, `private_key` alike."""
 
+import functools
 from typing import Any
 
 SECRET_WORDS = ("secret", "token", "password", "passwd", "authorization", "privatekey", "apikey", "credential")
@@ -14,6 +15,7 @@ def normalized(key: str) -> str:
     return key.lower().replace("-", "").replace("_", "")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few context keys come with every account of an import
 def names_a_secret(key: str) -> bool:
     name = normalized(key)
     return name not in NOT_SECRETS and any(word in name for word in SECRET_WORDS)
