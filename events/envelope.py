@@ -1,5 +1,6 @@
 """What goes into the log (NewEvent) and what comes out of it (RecordedEvent)."""
 
+import hashlib
 import json
 import os
 import time
@@ -25,6 +26,16 @@ def uuid7() -> uuid.UUID:
     return made
 
 
+def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
+    """uuid.uuid5(namespace, name), made as uuid7() is: without UUID.__init__'s checks of
+    arguments (every imported account's id is one)."""
+    value = int.from_bytes(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16], "big")
+    made = _new_object(uuid.UUID)
+    _set_attribute(made, "int", value & _KEEP | _VERSION_5_AND_VARIANT)
+    _set_attribute(made, "is_safe", _UNKNOWN_SAFETY)
+    return made
+
+
 def uuid_text(value: uuid.UUID) -> str:
     """str(value), written by orjson in C: UUID.__str__ is Python, a few microseconds, and a new
     account's import spells several ids (stream id, associated data, schedule row)."""
@@ -36,6 +47,7 @@ def uuid_text(value: uuid.UUID) -> str:
 _MS_MASK = (1 << 48) - 1
 _KEEP = ~(0xF << 76 | 0b11 << 62) & ((1 << 128) - 1)
 _VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62
+_VERSION_5_AND_VARIANT = 0x5 << 76 | 0b10 << 62
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member looked up once: each lookup is a descriptor call

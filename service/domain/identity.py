@@ -8,7 +8,7 @@ second import an update instead of a second account.
 import functools
 import uuid
 
-from events.envelope import uuid_text
+from events.envelope import uuid5, uuid_text
 from service.domain.commands import ImportAccount
 
 _NAMESPACE = uuid.UUID("6f1c1d3e-1b7a-5c55-9a4e-6c696e6b6c65")
@@ -27,7 +27,7 @@ def account_id_for(command: ImportAccount) -> uuid.UUID:
 
 @functools.lru_cache(maxsize=4096)  # an import asks several times for the same account's id
 def _account_id(identity: str) -> uuid.UUID:
-    return uuid.uuid5(_NAMESPACE, identity)
+    return uuid5(_NAMESPACE, identity)
 
 
 def account_stream(account_id: uuid.UUID) -> str:

@@ -64,12 +64,14 @@ class AccountNotFound(DomainError):
     pass
 
 
-def _to_new_events(uow: UnitOfWork, stream: str, events, now: datetime, cmd: ImportAccount, data_key) -> list[NewEvent]:
+def _to_new_events(uow: UnitOfWork, stream: str, events, now: datetime, plaintext: dict, data_key) -> list[NewEvent]:
+    """The events as the store takes them, the imported credentials (`plaintext`) encrypted into
+    TokensImported under the account's data key."""
     out = []
     for event in events:
         if isinstance(event, TokensImported):
             event_id = uuid7()
-            ciphertext = encrypt(data_key.key, cmd.credentials.plaintext(), event_aad(stream, event_id))
+            ciphertext = encrypt(data_key.key, plaintext, event_aad(stream, event_id))
             out.append(uow.new_event(event, now, event_id=event_id, secret=ciphertext, key_id=data_key.key_id))
         else:
             out.append(uow.new_event(event, now))
@@ -86,7 +88,8 @@ async def import_account(
         created = await _create_on_held_integration(uow, cmd, account_id, stream)
         if created is not None:
             return created
-    fingerprints = uow.fingerprinter.fingerprints(cmd.credentials.plaintext())
+    plaintext = cmd.credentials.plaintext()
+    fingerprints = uow.fingerprinter.fingerprints(plaintext)
     if integration is None:
         state, integration = await load_account_and_integration(
             uow.store, uow.shared.integrations, account_id, cmd.environment, cmd.integration)
@@ -103,7 +106,7 @@ async def import_account(
     if not events:
         return ImportOutcome(account_id, "unchanged", state)
     if state.status is None:
-        created = await _create_account(uow, cmd, stream, state, now, events)
+        created = await _create_account(uow, plaintext, stream, state, now, events)
         if created is not None:
             return created
         # Created meanwhile by someone else, or its key was: the ordinary way, as an update.
@@ -120,7 +123,7 @@ async def import_account(
         return loaded[-1]
 
     def encode(events, now):
-        return _to_new_events(uow, stream, events, now, cmd, data_key)
+        return _to_new_events(uow, stream, events, now, plaintext, data_key)
 
     new_state, events = await decide_and_append(uow, stream, load=load, decide=decide, evolve=account_domain.evolve,
                                                 encode=encode, initial=state, decided=(now, events))
@@ -191,11 +194,11 @@ async def _create_held(items: list[tuple]) -> dict[str, ImportOutcome]:
 
 
 async def _create_account(
-    uow: UnitOfWork, cmd: ImportAccount, stream: str, blank: AccountState, now: datetime, events: list,
+    uow: UnitOfWork, plaintext: dict, stream: str, blank: AccountState, now: datetime, events: list,
 ) -> ImportOutcome | None:
     """A new account in one statement, shared with concurrent ones: its data key, its stream and
     its refresh schedule, all or nothing. None when its stream or its key exists already."""
-    [(state, data_key, prepared)] = _new_account_streams([(uow, cmd, stream, blank, now, events, ())])
+    [(state, data_key, prepared)] = _new_account_streams([(uow, plaintext, stream, blank, now, events, ())])
     stored = await uow.store.create_prepared_stream(prepared)
     if stored is None:
         return None
@@ -210,25 +213,27 @@ def _decide_new_accounts(
     """Each (unit of work acting, command, account id, stream, integration state, now, gates)
     fingerprinted, then decided as a new account, stage by stage (see _new_account_streams): the
     decided ones as _new_account_streams takes them, in order, and each refused one's index and error."""
-    prints = [uow.fingerprinter.fingerprints(cmd.credentials.plaintext()) for uow, cmd, *_ in accounts]
+    plaintexts = [cmd.credentials.plaintext() for _, cmd, *_ in accounts]
+    prints = [uow.fingerprinter.fingerprints(plaintext) for (uow, *_), plaintext in zip(accounts, plaintexts)]
     decided, refused = [], []
-    for index, ((uow, cmd, account_id, stream, integration, now, gates), fingerprints) in enumerate(zip(accounts, prints)):
+    for index, ((uow, cmd, account_id, stream, integration, now, gates), plaintext, fingerprints) in enumerate(
+            zip(accounts, plaintexts, prints)):
         blank = AccountState.blank(account_id)
         try:
             events = account_domain.decide(blank, cmd, now, integration=integration, fingerprints=fingerprints)
         except DomainError as error:
             refused.append((index, error))
             continue
-        decided.append((uow, cmd, stream, blank, now, events, gates))
+        decided.append((uow, plaintext, stream, blank, now, events, gates))
     return decided, refused
 
 
 def _new_account_streams(
-    accounts: list[tuple[UnitOfWork, ImportAccount, str, AccountState, datetime, list, tuple[Companion, ...]]],
+    accounts: list[tuple[UnitOfWork, dict, str, AccountState, datetime, list, tuple[Companion, ...]]],
 ) -> list[tuple[AccountState, DataKey, PreparedStream]]:
-    """New accounts' streams made ready to create, each (unit of work acting, command, stream,
-    blank state, now, decided events, gates): folded, under a new data key, its events encrypted
-    and encoded, its key and refresh schedule as companions (after its gates).
+    """New accounts' streams made ready to create, each (unit of work acting, the credentials'
+    plaintext, stream, blank state, now, decided events, gates): folded, under a new data key, its
+    events encrypted and encoded, its key and refresh schedule as companions (after its gates).
 
     The work goes stage by stage over all of them (every fold, then every data key, ...): each
     stage's code stays in the processor's caches, which makes a bulk import's chunk about a third
@@ -236,8 +241,8 @@ def _new_account_streams(
     states = [account_domain.fold(blank, events) for _, _, _, blank, _, events, _ in accounts]
     keys = [uow.data_keys.new_key(stream) for uow, _, stream, *_ in accounts]
     snapshots = [snapshot_json(state) for state in states]
-    encoded = [_to_new_events(uow, stream, events, now, cmd, key)
-               for (uow, cmd, stream, _, now, events, _), (key, _) in zip(accounts, keys)]
+    encoded = [_to_new_events(uow, stream, events, now, plaintext, key)
+               for (uow, plaintext, stream, _, now, events, _), (key, _) in zip(accounts, keys)]
     schedules = [_schedule_row(uow, state) for (uow, *_), state in zip(accounts, states)]
     return [
         (state, key, prepare_creation(stream, new_events, snapshot, (*gates, key_row, schedule)))
@@ -247,8 +252,7 @@ def _new_account_streams(
 
 
 def _schedule_row(uow: UnitOfWork, state: AccountState) -> Companion:
-    due = _due(uow, [state])
-    return Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, due[0][1] if due else None))
+    return Companion(_SCHEDULE_WITH_STREAM, _SCHEDULE_COLUMNS, (state.account_id, _due_at(uow, state)))
 
 
 @dataclass(frozen=True)
@@ -436,10 +440,17 @@ async def schedule_accounts(uow: UnitOfWork, states: list[AccountState]) -> None
 
 
 def _due(uow: UnitOfWork, states: list[AccountState]) -> list[tuple[uuid.UUID, datetime]]:
-    due = [(s.account_id, uow.clock()) for s in states if s.status == "connecting"]
-    due += [(s.account_id, s.expires_at - timedelta(seconds=random.uniform(60, 180))) for s in states
-            if s.status not in ("connecting", "deleted") and s.authentication_method == "oauth2" and s.expires_at]
-    return due
+    return [(state.account_id, at) for state in states if (at := _due_at(uow, state)) is not None]
+
+
+def _due_at(uow: UnitOfWork, state: AccountState) -> datetime | None:
+    """When the account's refresh is due: at once while connecting (its first refresh validates
+    it), a few minutes before its token expires, or never (no expiry, not oauth2, deleted)."""
+    if state.status == "connecting":
+        return uow.clock()
+    if state.status != "deleted" and state.authentication_method == "oauth2" and state.expires_at:
+        return state.expires_at - timedelta(seconds=random.uniform(60, 180))
+    return None
 
 
 async def _write_schedule(pool: asyncpg.Pool, due: list[tuple[uuid.UUID, datetime]]) -> list[bool]:

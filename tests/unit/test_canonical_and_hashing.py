@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from events.canonical import MAX_PAYLOAD_BYTES, canonical_json, typed_json
 import dataclasses
 
-from events.envelope import NewEvent, uuid7, uuid_text
+from events.envelope import NewEvent, uuid5, uuid7, uuid_text
 from events.errors import InvalidEventError
 from events.hashing import GENESIS_HASH, body_hash, chain_hash, format_instant, header_bytes
 
@@ -371,6 +371,19 @@ def test_uuid7_increases_over_time():
 def test_uuid7_is_unique_within_a_millisecond():
     ids = [uuid7() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
+
+
+@given(st.text(max_size=80))
+def test_uuid5_is_the_standard_librarys(name):
+    for namespace in (uuid.NAMESPACE_URL, uuid.UUID("6f1c1d3e-1b7a-5c55-9a4e-6c696e6b6c65")):
+        try:
+            expected = uuid.uuid5(namespace, name)
+        except UnicodeEncodeError:  # a lone surrogate: neither makes an id of it
+            with pytest.raises(UnicodeEncodeError):
+                uuid5(namespace, name)
+            continue
+        made = uuid5(namespace, name)
+        assert made == expected and made.version == 5 and hash(made) == hash(expected) and str(made) == str(expected)
 
 
 def test_uuid_text_is_str():
