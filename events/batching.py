@@ -34,11 +34,13 @@ class Coalescer:
         alone_on: tuple[type[BaseException], ...] = (),
         max_in_flight: int = 2,
         max_batch: int = 256,
+        min_share: int = 1,
     ):
         self._send_batch = send
         self._alone_on = alone_on
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
+        self._min_share = min_share
         self._queue: list[_Pending] = []
         self._in_flight = 0
         self._sending = 0
@@ -56,9 +58,11 @@ class Coalescer:
 
     def _take(self) -> list[_Pending]:
         """This drainer's share of the queue, one item per key. Shares are even across idle
-        drainers, so the batches run on several connections at once instead of one long batch on one."""
+        drainers, so the batches run on several connections at once instead of one long batch on
+        one, but none smaller than `min_share` (where each statement has a fixed cost that small
+        batches would pay more often than running them at once saves)."""
         idle = max(1, self._in_flight - self._sending)
-        share = min(self._max_batch, -(-len(self._queue) // idle))
+        share = min(self._max_batch, max(-(-len(self._queue) // idle), self._min_share))
         batch, keys, rest = [], set(), []
         for item in self._queue:
             if len(batch) < share and (item.key is None or item.key not in keys):

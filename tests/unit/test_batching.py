@@ -75,3 +75,15 @@ async def test_at_most_max_in_flight_batches_are_sent_at_once(in_flight):
     batcher = Coalescer(send, max_in_flight=in_flight)
     assert await asyncio.gather(*(batcher.submit(i, (i, 0)) for i in range(50))) == list(range(50))
     assert peak <= in_flight
+
+
+@pytest.mark.parametrize("min_share, batches", [(1, [4, 4]), (8, [8]), (3, [4, 4])])
+async def test_a_queue_is_shared_across_idle_drainers_in_parts_of_at_least_min_share(min_share, batches):
+    sent = Recorder()
+    batcher = Coalescer(sent.send, max_in_flight=2, min_share=min_share)
+    calls = [asyncio.create_task(batcher.submit(k, (k, 1))) for k in "abcdefgh"]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    sent.release.set()
+    assert [await call for call in calls] == [f"done {k}" for k in "abcdefgh"]
+    assert [len(batch) for batch in sent.batches] == batches
