@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from json.encoder import encode_basestring as _text  # JSON string literal, C speed
 
-import orjson
+from events.envelope import uuid_text
 
 GENESIS_HASH = bytes(32)
 
@@ -50,14 +50,6 @@ def _id_text(value: uuid.UUID) -> str:
     return text
 
 
-def _uuid_literal(value: uuid.UUID) -> str:
-    """The id as a JSON string literal: orjson writes a UUID as str() does, in C (UUID.__str__ is
-    Python, a few microseconds, and every event's header has one)."""
-    if type(value) is uuid.UUID:
-        return orjson.dumps(value).decode()
-    return _text(str(value))
-
-
 def header_bytes(
     *,
     event_id: uuid.UUID,
@@ -76,7 +68,7 @@ def header_bytes(
         f'{{"actor":{_text(actor)},'
         f'"causation_id":{_id_text(causation_id) if causation_id else "null"},'
         f'"correlation_id":{_id_text(correlation_id) if correlation_id else "null"},'
-        f'"event_id":{_uuid_literal(event_id)},'
+        f'"event_id":"{uuid_text(event_id)}",'  # a UUID's text needs no escaping
         f'"key_id":{_text(key_id) if key_id is not None else "null"},'
         f'"occurred_at":{_text(format_instant(occurred_at))},'
         f'"schema_version":{int(schema_version)},"stream_id":{_text(stream_id)},'
